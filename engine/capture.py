@@ -1,0 +1,130 @@
+"""Capture: ``torch.export`` an eager module into the fx IR, with the recipe's dynamic axes.
+
+Capture failures are the user's to fix (data-dependent control flow, unsupported Python), so
+they become a :class:`CaptureError` that names the offending line of model code and points to
+``docs/capture.md``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+
+import torch
+
+from .errors import CaptureError, RecipeError
+from .ir import ModelIR, ModelMeta
+from .loading import LoadedModel
+from .recipe import DimRange, ModelSection
+from .specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
+from .synthetic import synthetic_inputs
+
+DOCS_HINT = (
+    "see docs/capture.md (and https://pytorch.org/docs/stable/export.html) for the usual "
+    "rewrites: torch.cond for data-dependent branches, fixed shapes via [model.dims]"
+)
+
+
+def effective_inputs(loaded: LoadedModel, section: ModelSection, label: str) -> list[InputSpec]:
+    """The loader's proposed inputs, each overridden by the recipe's ``[model.inputs]``."""
+    proposed = {spec.name: spec for spec in loaded.inputs}
+    for name in section.inputs:
+        if name not in proposed:
+            raise RecipeError(
+                f"the model has no input {name!r}",
+                file=label,
+                field=f"model.inputs.{name}",
+                fix=f"the model's inputs are: {', '.join(proposed)}",
+            )
+    return [
+        InputSpec(name, d.dtype, tuple(d.shape), d.low, d.high)
+        if (d := section.inputs.get(name))
+        else spec
+        for name, spec in proposed.items()
+    ]
+
+
+def effective_dims(
+    loaded: LoadedModel, section: ModelSection, specs: list[InputSpec], label: str
+) -> dict[str, DimRange]:
+    dims = {**loaded.dims, **section.dims}
+    for name in dim_names(specs):
+        if name not in dims:
+            raise RecipeError(
+                f"dynamic axis {name!r} has no range",
+                file=label,
+                field=f"model.dims.{name}",
+                fix=f"add [model.dims.{name}] with min and max",
+            )
+    unused = set(section.dims) - set(dim_names(specs))
+    if unused:
+        name = sorted(unused)[0]
+        raise RecipeError(
+            f"no input has an axis named {name!r}",
+            file=label,
+            field=f"model.dims.{name}",
+            fix=f"the inputs' axes are: {', '.join(dim_names(specs)) or 'none (all static)'}",
+        )
+    return dims
+
+
+def capture(
+    loaded: LoadedModel,
+    specs: list[InputSpec],
+    dims: dict[str, DimRange],
+    *,
+    source: str,
+) -> ModelIR:
+    """Export ``loaded.module`` with dynamic axes and wrap the result as a :class:`ModelIR`."""
+    example = synthetic_inputs(specs, example_sizes(dims), torch.Generator().manual_seed(0))
+    args = tuple(example[spec.name] for spec in specs)
+    dynamic = export_dynamic_shapes(specs, dims)
+    try:
+        program = torch.export.export(
+            loaded.module, args, dynamic_shapes=_for_signature(loaded.module, dynamic), strict=False
+        )
+    except Exception as exc:
+        raise CaptureError(_describe(exc), file=source, fix=DOCS_HINT) from None
+    module = program.module()
+    placeholders = [n.name for n in module.graph.nodes if n.op == "placeholder"]
+    if placeholders != [s.name for s in specs]:
+        _rename_placeholders(module, specs)
+    return ModelIR(
+        module=module,
+        inputs=specs,
+        example_inputs=args,
+        dynamic_shapes=dynamic,
+        output_names=list(loaded.output_names),
+        meta=ModelMeta(task=loaded.task, source=source, config=dict(loaded.config)),
+    )
+
+
+def _for_signature(module: torch.nn.Module, dynamic: tuple | None) -> tuple | None:
+    """``forward(*inputs)`` takes its dynamic shapes as one tuple for the one varargs."""
+    params = inspect.signature(module.forward).parameters.values()
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    return (dynamic,) if varargs and dynamic is not None else dynamic
+
+
+def _rename_placeholders(module: torch.fx.GraphModule, specs: list[InputSpec]) -> None:
+    nodes = [n for n in module.graph.nodes if n.op == "placeholder"]
+    for node, spec in zip(nodes, specs, strict=True):
+        node.name = node.target = spec.name
+    module.recompile()
+
+
+def _describe(exc: Exception) -> str:
+    """First lines of the exporter's message plus the model-code line it failed on."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    head = " ".join(lines[:2])[:400] if lines else type(exc).__name__
+    where = ""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if "/torch/" not in frame.filename and "/site-packages/" not in frame.filename:
+            where = f" (at {frame.filename}:{frame.lineno}: {frame.line})"
+            break
+    else:
+        for line in lines:
+            if 'File "' in line or ".py:" in line:
+                where = f" ({line.strip()})"
+                break
+    return f"torch.export could not capture the model: {type(exc).__name__}: {head}{where}"

@@ -1,0 +1,47 @@
+"""Console output: rich on stderr for people, nothing at all for ``-q`` and ``--json``.
+
+stdout is reserved for machine output (``--json``), so everything here writes to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class Output:
+    """Where the engine says what it is doing. ``quiet`` silences all but errors."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[bold cyan]•[/] {message}")
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[bold yellow]warning:[/] {message}")
+
+    def error(self, message: str) -> None:
+        self.console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar; yields ``advance(n)``."""
+        if self.quiet or total <= 1:
+            yield lambda n=1: None
+            return
+        columns = (
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task_id = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task_id, n)

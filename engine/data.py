@@ -1,0 +1,155 @@
+"""Datasets: calibration, fine-tune and verification splits, kept apart.
+
+A dataset source (registered through ``fxopt_register_datasets``) yields :class:`Sample`\\ s,
+each with a stable key (a hash of the raw record). Splits that read the same source and file
+take consecutive, disjoint slices of it (calibration first, then fine-tune, then verification),
+and the keys of all splits are checked for overlap, so a model is never verified on the data it
+was calibrated or trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import DataError
+from .recipe import DataSplit, DimRange, Recipe
+from .registry import Registry
+from .specs import InputSpec
+
+SPLIT_ORDER = ("calibration", "finetune", "verification")
+
+#: one batch: input name -> tensor, plus ``labels`` when the data has them
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class DataContext:
+    """What a dataset source needs to make model inputs."""
+
+    inputs: list[InputSpec]
+    dims: dict[str, DimRange]
+    tokenize: Callable[[list[str], int], dict[str, torch.Tensor]] | None
+    recipe: Recipe
+    split_name: str
+
+    @property
+    def label(self) -> str:
+        return self.recipe.label
+
+    @property
+    def field_prefix(self) -> str:
+        return f"data.{self.split_name}"
+
+    def path(self, split: DataSplit) -> Path:
+        if split.path is None:
+            raise DataError(
+                "this source reads a file, but no path is given",
+                file=self.label,
+                field=f"{self.field_prefix}.path",
+                fix='add path = "..." (relative to the recipe)',
+            )
+        path = self.recipe.resolve_path(split.path)
+        if not path.is_file():
+            raise DataError(
+                f"data file not found: {path}",
+                file=self.label,
+                field=f"{self.field_prefix}.path",
+                fix="point path at an existing file (relative paths start at the recipe)",
+            )
+        return path
+
+    def sequence_length(self, split: DataSplit) -> int:
+        if split.sequence_length is not None:
+            return split.sequence_length
+        if "sequence" in self.dims:
+            return self.dims["sequence"].optimal
+        return 128
+
+
+class Dataset:
+    """A data source. ``samples`` returns ``count`` samples starting at ``offset``."""
+
+    name: ClassVar[str]
+    reads_file: ClassVar[bool] = True
+
+    def samples(
+        self, split: DataSplit, ctx: DataContext, *, offset: int, count: int
+    ) -> list[Sample]:
+        raise NotImplementedError
+
+
+def sample_key(raw: Any) -> str:
+    data = raw if isinstance(raw, bytes) else repr(raw).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def build_splits(
+    recipe: Recipe, datasets: Registry, make_ctx: Callable[[str], DataContext]
+) -> dict[str, list[Batch]]:
+    """Load every split the recipe declares, disjoint, batched."""
+    offsets: dict[tuple[str, str | None], int] = {}
+    samples: dict[str, list[Sample]] = {}
+    for name in SPLIT_ORDER:
+        split: DataSplit | None = getattr(recipe.data, name)
+        if split is None:
+            continue
+        source = datasets.get(split.source, file=recipe.label, field=f"data.{name}.source")()
+        if split.batch_size > split.samples:
+            raise DataError(
+                f"batch_size ({split.batch_size}) is larger than samples ({split.samples})",
+                file=recipe.label,
+                field=f"data.{name}.batch_size",
+                fix="lower batch_size or raise samples",
+            )
+        group = (split.source, split.path) if source.reads_file else (split.source, str(name))
+        offset = offsets.get(group, 0)
+        got = source.samples(split, make_ctx(name), offset=offset, count=split.samples)
+        if len(got) < split.samples:
+            shared = f" after the {offset} used by earlier splits" if offset else ""
+            raise DataError(
+                f"only {len(got)} samples available{shared}, {split.samples} asked",
+                file=recipe.label,
+                field=f"data.{name}.samples",
+                fix="lower samples, or give this split more data",
+            )
+        offsets[group] = offset + split.samples
+        samples[name] = got
+    _check_disjoint(samples, recipe.label)
+    return {
+        name: batches(got, getattr(recipe.data, name).batch_size) for name, got in samples.items()
+    }
+
+
+def _check_disjoint(samples: dict[str, list[Sample]], label: str) -> None:
+    names = list(samples)
+    for i, first in enumerate(names):
+        keys = {s.key for s in samples[first]}
+        for second in names[i + 1 :]:
+            shared = keys & {s.key for s in samples[second]}
+            if shared:
+                raise DataError(
+                    f"{len(shared)} samples appear in both the {first} and the {second} set",
+                    file=label,
+                    field=f"data.{second}",
+                    fix="use different files, or remove the duplicated records",
+                )
+
+
+def batches(samples: list[Sample], batch_size: int) -> list[Batch]:
+    out = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        out.append({k: torch.stack([s.tensors[k] for s in chunk]) for k in chunk[0].tensors})
+    return out

@@ -1,0 +1,71 @@
+"""Every hook a plugin can implement, one empty, typed, documented function each.
+
+Plugins are found through the entry-point group ``fxopt.plugins``; each entry point names a
+module (or object) carrying ``@hookimpl`` functions. The built-in passes, backends, loaders
+and datasets register through these very hooks.
+
+The ``fxopt_register_*`` hooks receive a :class:`~fxopt.engine.registry.Registrar` and call
+``registry.register(name, obj)``; the host never merges return values, and it records which
+plugin registered what, so a clash names both plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .data import Dataset
+    from .instruments import Instrument
+    from .loading import Loader
+    from .pass_base import Pass
+    from .recipe import Recipe
+    from .registry import Registrar
+
+PROJECT = "fxopt"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- registration: called once when the plugin host starts -----------------------------------
+
+
+@hookspec
+def fxopt_register_passes(registry: Registrar[type[Pass]]) -> None:
+    """Register :class:`~fxopt.engine.Pass` subclasses by their dotted name.
+
+    Example::
+
+        @hookimpl
+        def fxopt_register_passes(registry):
+            registry.register("mycorp.cluster", ClusterPass)
+    """
+
+
+@hookspec
+def fxopt_register_backends(registry: Registrar[type[Backend]]) -> None:
+    """Register :class:`~fxopt.engine.backend.Backend` subclasses (``onnxruntime``, ...)."""
+
+
+@hookspec
+def fxopt_register_loaders(registry: Registrar[type[Loader]]) -> None:
+    """Register model loaders; the first whose ``can_load(path)`` is true loads the model."""
+
+
+@hookspec
+def fxopt_register_datasets(registry: Registrar[type[Dataset]]) -> None:
+    """Register dataset sources a recipe's ``[data.*] source`` can name."""
+
+
+# -- per run ----------------------------------------------------------------------------------
+
+
+@hookspec
+def fxopt_add_instruments(recipe: Recipe) -> list[Instrument] | None:
+    """Return extra pass-manager instruments for this run (called once per run).
+
+    Each result is a list of :class:`~fxopt.engine.instruments.Instrument`; all lists are
+    concatenated in plugin order.
+    """

@@ -1,0 +1,54 @@
+"""``manifest.json``: the hashes of every input that produced an output, and the versions.
+
+It is what lets a build system (and a person months later) tell whether an artifact is still
+the product of the recipe, model and data it sits next to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import platform
+from pathlib import Path
+from typing import Any
+
+VERSIONED = ("fxopt", "torch", "onnx", "onnxruntime", "onnxscript", "transformers", "torchao")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def build_manifest(
+    *,
+    recipe: Path | None,
+    model_files: list[Path],
+    data_files: list[Path],
+    artifacts: list[str],
+    out_dir: Path,
+) -> dict[str, Any]:
+    def entry(path: Path) -> dict[str, str]:
+        return {"path": str(path), "sha256": sha256_file(path)}
+
+    return {
+        "recipe": entry(recipe) if recipe else None,
+        "model": [entry(p) for p in model_files],
+        "data": [entry(p) for p in data_files],
+        "outputs": {name: sha256_file(out_dir / name) for name in artifacts},
+        "versions": versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system()},
+    }

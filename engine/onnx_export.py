@@ -1,0 +1,81 @@
+"""Lowering to ONNX: re-export the IR with its dynamic axes, then name the axes.
+
+The dynamo exporter names dynamic dimensions after its symbols (``s18``); we rename them to
+the recipe's axis names (``batch``, ``sequence``) so the ONNX model, ORT and TensorRT profiles
+speak the same language as the recipe. Weights go to external data next to ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .errors import FxoptError
+from .ir import ModelIR
+
+
+class OnnxExportError(FxoptError):
+    """The graph holds something the ONNX exporter cannot translate."""
+
+
+def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[str]:
+    """Write ``path`` (+ ``path.data``) and return the file names written."""
+    program = torch.export.export(
+        ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+    )
+    sink = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(
+                program,
+                input_names=ir.input_names,
+                output_names=ir.output_names,
+                dynamo=True,
+                opset_version=opset,
+                verbose=False,
+            )
+    except Exception as exc:
+        raise OnnxExportError(
+            f"the ONNX exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            file=ir.meta.source,
+            fix="run with --dump-ir to see the graph; an op without an ONNX translation "
+            "needs a pass that rewrites it",
+        ) from None
+    model = onnx_program.model_proto
+    _name_dynamic_axes(model, ir)
+    data_name = path.name + ".data"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    return [path.name, data_name] if (path.parent / data_name).exists() else [path.name]
+
+
+def _name_dynamic_axes(model: onnx.ModelProto, ir: ModelIR) -> None:
+    """Replace exporter symbols with the recipe's axis names, everywhere they appear."""
+    rename: dict[str, str] = {}
+    by_name = {spec.name: spec for spec in ir.inputs}
+    for value in model.graph.input:
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            wanted = spec.dynamic_axes.get(axis)
+            if wanted and dim.dim_param:
+                rename.setdefault(dim.dim_param, wanted)
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]

@@ -1,0 +1,86 @@
+"""``Pass``, its ``Config`` and ``PassResult``: the contract every pass implements.
+
+A pass is a class with a dotted, namespaced ``name`` (``prune.structured``), a pydantic
+``Config`` that refuses unknown keys, and ``run(ir, ctx) -> PassResult``. It is registered
+through the ``fxopt_register_passes`` hook, built-in or third-party alike::
+
+    class ScaleWeights(Pass):
+        name = "example.scale"
+
+        class Config(PassConfig):
+            factor: float = 1.0
+
+        def run(self, ir, ctx):
+            for p in ir.module.parameters():
+                p.data.mul_(self.config.factor)
+            return PassResult(ir, modified=self.config.factor != 1.0, preserved=ALL)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from .console import Output
+    from .data import Batch
+    from .ir import ModelIR
+    from .recipe import Recipe
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's ``Config``: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the (possibly new) IR, whether it changed, what stays valid."""
+
+    ir: ModelIR
+    modified: bool
+    preserved: frozenset[str] | set[str] = frozenset()
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the IR. Kept deliberately small.
+
+    ``batches(split)`` yields the recipe's data for ``calibration`` or ``finetune``;
+    ``reference`` runs the original, unoptimized model (for distillation); ``evaluate``
+    measures an IR against the reference on the verification inputs (for accuracy-aware
+    passes); ``cache_dir`` is where a pass may keep results across runs.
+    """
+
+    recipe: Recipe
+    batches: Callable[[str], list[Batch]]
+    reference: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]
+    evaluate: Callable[[ModelIR], dict[str, float]]
+    cache_dir: Path
+    output: Output
+
+
+class Pass:
+    """Base class of all passes. Subclasses set ``name``, ``Config`` and ``run``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+    #: the data splits this pass reads, checked before the run starts
+    needs_data: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: PassConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<pass {self.name} {self.config.model_dump()}>"

@@ -1,0 +1,77 @@
+"""The pass manager: runs the recipe's passes in order, under instruments.
+
+After every pass it lints the graph and checks the pass kept the model's inputs, drops the
+analyses the pass did not preserve, and records time, node counts and (through the numerics
+instrument) the fidelity so far. A failure names the pass and the passes already run:
+``pass 'quantize.int8' failed after [cleanup.dce]: ...``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .errors import FxoptError
+from .instruments import Instrument, PassRecord
+from .ir import ModelIR
+from .pass_base import Pass, PassContext, PassResult
+
+
+class PassFailure(RuntimeError):
+    """An internal error inside a pass, re-raised with the pass history (keeps traceback)."""
+
+
+class PassManager:
+    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = ()) -> None:
+        self.passes = list(passes)
+        self.instruments = list(instruments)
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> tuple[ModelIR, list[PassRecord]]:
+        for instrument in self.instruments:
+            instrument.on_start(ir)
+        records: list[PassRecord] = []
+        for index, pass_ in enumerate(self.passes):
+            record = PassRecord(pass_.name, ops_before=len(ir.graph.nodes))
+            ctx.output.step(f"pass {pass_.name}")
+            start = time.perf_counter()
+            try:
+                result = pass_.run(ir, ctx)
+                _check(ir, result)
+            except FxoptError as exc:
+                exc.message = f"{self._where(pass_, records)}: {exc.message}"
+                exc.args = (exc.render(),)
+                raise
+            except Exception as exc:
+                raise PassFailure(
+                    f"{self._where(pass_, records)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            record.seconds = time.perf_counter() - start
+            record.modified = result.modified
+            record.metrics = dict(result.metrics)
+            ir = result.ir
+            if result.modified:
+                ir.invalidate(result.preserved)
+            record.ops_after = len(ir.graph.nodes)
+            for instrument in self.instruments:
+                instrument.after_pass(index, pass_, result, record)
+            records.append(record)
+        return ir, records
+
+    @staticmethod
+    def _where(pass_: Pass, done: list[PassRecord]) -> str:
+        history = ", ".join(r.name for r in done)
+        return f"pass {pass_.name!r} failed after [{history}]"
+
+
+def _check(before: ModelIR, result: PassResult) -> None:
+    """Graph lint, and the model's signature must survive every pass."""
+    if not isinstance(result, PassResult):
+        raise TypeError(f"run() must return a PassResult, got {type(result).__name__}")
+    ir = result.ir
+    ir.graph.lint()
+    ir.module.recompile()
+    placeholders = [n.name for n in ir.graph.nodes if n.op == "placeholder"]
+    if placeholders != before.input_names and placeholders != ir.input_names:
+        raise RuntimeError(
+            f"the pass changed the model inputs from {before.input_names} to {placeholders}"
+        )

@@ -1,0 +1,401 @@
+"""``optimize()``: load → capture → passes → lower → verify → report, as one call.
+
+The CLI is a thin layer over this function; build systems and notebooks call it directly::
+
+    from fxopt.engine import optimize
+    report = optimize("recipes/quickstart.toml", out_dir="out/minilm")
+    assert report.passed
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backend import Runner
+from .capture import capture, effective_dims, effective_inputs
+from .console import Output
+from .data import Batch, DataContext, build_splits
+from .errors import BudgetError, ModelError, RecipeError
+from .instruments import DumpIR, Numerics, PassRecord
+from .ir import ModelIR
+from .loading import LoadedModel, LoadOptions, resolve_model_path
+from .manifest import build_manifest
+from .pass_base import PassContext
+from .pass_manager import PassManager
+from .plan import Plan, bind
+from .plugin_host import PluginHost, load_plugins
+from .recipe import Recipe, load_recipe
+from .report import Report
+from .staging import StagedDir, check_target
+from .timing import measure
+from .verify import check_budget, compare
+
+DEFAULT_CACHE = Path.home() / ".cache" / "fxopt"
+
+
+@dataclass
+class RunOptions:
+    """What the command line adds to a recipe."""
+
+    out_dir: Path | None = None
+    force: bool = False
+    dump_ir: Path | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    cache_dir: Path = DEFAULT_CACHE
+
+
+@dataclass
+class _Run:
+    """State of one run, passed between the steps below."""
+
+    recipe: Recipe
+    plan: Plan
+    loaded: LoadedModel
+    model_path: Path
+    splits: dict[str, list[Batch]]
+    reference: list[list[np.ndarray]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def optimize(
+    recipe: str | Path | Recipe,
+    model_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    options: RunOptions | None = None,
+    output: Output | None = None,
+    host: PluginHost | None = None,
+) -> Report:
+    """Run a recipe on a model and write the verified artifact to ``out_dir``.
+
+    Raises :class:`~fxopt.engine.errors.BudgetError` (with ``.report``) when the artifact
+    misses the recipe's fidelity budget; nothing is written to ``out_dir`` then.
+    """
+    options = options or RunOptions()
+    if out_dir is not None:
+        options.out_dir = Path(out_dir)
+    output = output or Output(quiet=True)
+    started = time.perf_counter()
+    host = host or load_plugins()
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    plan = bind(recipe, host)
+    model_path = resolve_model(recipe, model_dir)
+    target = options.out_dir or Path(f"{recipe.label.removesuffix('.toml')}-out")
+    check_target(target, force=options.force)
+    plan.backend.check_available()
+
+    run = _prepare(recipe, plan, host, model_path, options, output)
+    ir = _capture(run, output)
+    ir, records = _run_passes(run, ir, options, output, host)
+    report = _lower_and_verify(run, ir, records, target, options, output)
+    report.data["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
+    if model_dir is not None:
+        path = Path(model_dir)
+    elif recipe.model.path is not None:
+        source = recipe.source.parent if recipe.source else None
+        path = resolve_model_path(recipe.model.path, recipe_dir=source, field="model.path")
+    else:
+        raise RecipeError(
+            "no model given",
+            file=recipe.label,
+            field="model.path",
+            fix="pass MODEL_DIR on the command line, or set [model] path in the recipe",
+        )
+    if not path.exists():
+        raise ModelError(
+            "model path not found", file=path, fix="pass an existing model directory or .pt2 file"
+        )
+    return path
+
+
+def _prepare(
+    recipe: Recipe,
+    plan: Plan,
+    host: PluginHost,
+    model_path: Path,
+    options: RunOptions,
+    output: Output,
+) -> _Run:
+    tick = time.perf_counter()
+    output.step(f"loading {model_path}")
+    loaded = load_model(host, recipe, model_path, options)
+    specs = effective_inputs(loaded, recipe.model, recipe.label)
+    loaded.inputs = specs
+    loaded.dims = effective_dims(loaded, recipe.model, specs, recipe.label)
+    seconds = {"load": time.perf_counter() - tick}
+
+    tick = time.perf_counter()
+    splits = build_splits(
+        recipe,
+        host.datasets,
+        lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
+    )
+    seconds["data"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    reference = run_batches(eager_runner(loaded), splits["verification"], output, "reference")
+    seconds["reference"] = time.perf_counter() - tick
+    return _Run(recipe, plan, loaded, model_path, splits, reference, seconds)
+
+
+def load_model(host: PluginHost, recipe: Recipe, path: Path, options: RunOptions) -> LoadedModel:
+    """Load with the recipe's loader, or the first registered loader that recognizes ``path``."""
+    opts = LoadOptions(recipe.model.task, options.allow_pickle, options.trust_remote_code)
+    if recipe.model.loader != "auto":
+        loader = host.loaders.get(recipe.model.loader, file=recipe.label, field="model.loader")()
+        return loader.load(path, opts)
+    for entry in host.loaders:
+        loader = entry.obj()
+        if loader.can_load(path):
+            return loader.load(path, opts)
+    raise ModelError(
+        "no loader recognizes this path",
+        file=path,
+        fix="pass a Hugging Face model directory or a torch.export .pt2 archive "
+        f"(loaders: {', '.join(host.loaders.names())})",
+    )
+
+
+def eager_runner(loaded: LoadedModel) -> Runner:
+    from fxopt.plugins.torch_backend import TorchOptions, TorchRunner
+
+    return TorchRunner(loaded.module, TorchOptions(), names=[s.name for s in loaded.inputs])
+
+
+def run_batches(
+    runner: Runner, batches: list[Batch], output: Output, label: str
+) -> list[list[np.ndarray]]:
+    outputs = []
+    with output.task(f"running {label}", len(batches)) as advance:
+        for batch in batches:
+            outputs.append(runner.run(_feeds(batch, runner.input_names)))
+            advance(1)
+    return outputs
+
+
+def _feeds(batch: Batch, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: batch[name].numpy() for name in names}
+
+
+def _masks(batches: list[Batch]) -> list[np.ndarray | None]:
+    return [b["attention_mask"].numpy() if "attention_mask" in b else None for b in batches]
+
+
+def _capture(run: _Run, output: Output) -> ModelIR:
+    tick = time.perf_counter()
+    output.step("capturing with torch.export")
+    ir = capture(run.loaded, run.loaded.inputs, run.loaded.dims, source=str(run.model_path))
+    run.seconds["capture"] = time.perf_counter() - tick
+    return ir
+
+
+def _evaluator(run: _Run, limit: int):
+    """Measure an IR against the reference on the first ``limit`` verification samples."""
+    batches, reference, taken = [], [], 0
+    for batch, ref in zip(run.splits["verification"], run.reference, strict=True):
+        if taken >= limit:
+            break
+        batches.append(batch)
+        reference.append(ref)
+        taken += len(next(iter(batch.values())))
+
+    def evaluate(ir: ModelIR) -> dict[str, float]:
+        got = [[t.float().numpy() for t in ir.run(b)] for b in batches]
+        return compare(reference, got, _masks(batches), ir.meta.task)
+
+    return evaluate
+
+
+def _run_passes(
+    run: _Run, ir: ModelIR, options: RunOptions, output: Output, host: PluginHost
+) -> tuple[ModelIR, list[PassRecord]]:
+    tick = time.perf_counter()
+    evaluate = _evaluator(run, run.recipe.verify.pass_samples)
+    instruments = []
+    if run.recipe.verify.pass_samples > 0:
+        instruments.append(Numerics(evaluate))
+    if options.dump_ir is not None:
+        instruments.append(DumpIR(options.dump_ir))
+    for extra in host.pm.hook.fxopt_add_instruments(recipe=run.recipe):
+        instruments.extend(extra or [])
+    loaded = run.loaded
+
+    def reference(feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = loaded.module(*(feeds[s.name] for s in loaded.inputs))
+        return list(out)
+
+    ctx = PassContext(
+        recipe=run.recipe,
+        batches=lambda split: run.splits.get(split, []),
+        reference=reference,
+        evaluate=_evaluator(run, 10**9),
+        cache_dir=options.cache_dir,
+        output=output,
+    )
+    result = PassManager(run.plan.passes, instruments).run(ir, ctx)
+    run.seconds["passes"] = time.perf_counter() - tick
+    return result
+
+
+def _lower_and_verify(
+    run: _Run,
+    ir: ModelIR,
+    records: list[PassRecord],
+    target: Path,
+    options: RunOptions,
+    output: Output,
+) -> Report:
+    backend = run.plan.backend
+    staged = StagedDir(target, force=options.force)
+    with staged as tmp:
+        tick = time.perf_counter()
+        output.step(f"lowering to {backend.name}")
+        artifact = backend.lower(ir, tmp)
+        runner = backend.load(tmp, artifact)
+        run.seconds["lower"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        batches = run.splits["verification"]
+        candidate = run_batches(runner, batches, output, "artifact")
+        metrics = compare(run.reference, candidate, _masks(batches), ir.meta.task)
+        budget = check_budget(metrics, run.recipe.verify)
+        passed = all(line.passed for line in budget)
+        run.seconds["verify"] = time.perf_counter() - tick
+
+        latency = _latency(run, runner) if run.recipe.verify.latency else None
+        assets = run.loaded.save_assets(tmp) if run.loaded.save_assets else []
+        report = _report(run, ir, records, artifact.to_json(), metrics, budget, passed, latency)
+        files = [*artifact.files, *assets, *report.write(tmp)]
+        manifest = build_manifest(
+            recipe=run.recipe.source,
+            model_files=run.loaded.files,
+            data_files=_data_files(run.recipe),
+            artifacts=files,
+            out_dir=tmp,
+        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if not passed:
+            raise _budget_error(report, target)
+        staged.commit()
+    report.data["out_dir"] = str(target)
+    return report
+
+
+def _latency(run: _Run, runner: Runner) -> dict[str, Any]:
+    batch = run.splits["verification"][0]
+    iters = run.recipe.verify.latency_iters
+    reference = eager_runner(run.loaded)
+    ref_feeds = _feeds(batch, reference.input_names)
+    feeds = _feeds(batch, runner.input_names)
+    ref = measure(lambda: reference.run(ref_feeds), iters=iters)
+    opt = measure(lambda: runner.run(feeds), iters=iters)
+    return {
+        "shape": {k: list(v.shape) for k, v in batch.items() if k in feeds},
+        "reference": ref,
+        "optimized": opt,
+        "speedup_p50": round(ref["p50"] / opt["p50"], 3) if opt["p50"] else None,
+    }
+
+
+def _report(run, ir, records, artifact, metrics, budget, passed, latency) -> Report:
+    module = run.loaded.module
+    params_before = sum(p.numel() for p in module.parameters())
+    bytes_before = sum(
+        t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+    )
+    return Report(
+        {
+            "fxopt": _version(),
+            "passed": passed,
+            "recipe": str(run.recipe.source) if run.recipe.source else None,
+            "model_path": str(run.model_path),
+            "task": ir.meta.task,
+            "inputs": [
+                {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in ir.inputs
+            ],
+            "dims": {k: v.model_dump() for k, v in run.loaded.dims.items()},
+            "passes": [r.to_json() for r in records],
+            "verify": {
+                "metrics": metrics,
+                "budget": [line.to_json() for line in budget],
+                "passed": passed,
+                "costliest_step": _costliest(records, metrics),
+            },
+            "model": {
+                "params_before": params_before,
+                "params_after": ir.parameter_count(),
+                "bytes_before": bytes_before,
+                "bytes_after": ir.byte_size(),
+                "ops_after": ir.ops(),
+            },
+            "latency_ms": latency,
+            "target": run.recipe.target.model_dump(),
+            "artifacts": artifact,
+            "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        }
+    )
+
+
+def _costliest(records: list[PassRecord], final: dict[str, float]) -> dict[str, Any] | None:
+    """The step (a pass, or lowering) whose output lost the most cosine."""
+    steps, previous = [], 1.0
+    for record in records:
+        if "cosine_mean" in record.numerics:
+            steps.append((record.name, previous - record.numerics["cosine_mean"]))
+            previous = record.numerics["cosine_mean"]
+    steps.append(("lowering", previous - final["cosine_mean"]))
+    name, drop = max(steps, key=lambda s: s[1])
+    return {"name": name, "cosine_drop": drop}
+
+
+def _budget_error(report: Report, target: Path) -> BudgetError:
+    rejected = target.with_name(target.name + ".rejected")
+    rejected.mkdir(parents=True, exist_ok=True)
+    report.write(rejected)
+    misses = [b for b in report["verify"]["budget"] if not b["passed"]]
+    detail = "; ".join(
+        f"{b['metric']} = {b['value']:.6f}, bound {b['field']} = {b['bound']}" for b in misses
+    )
+    step = report["verify"]["costliest_step"]
+    error = BudgetError(
+        f"fidelity budget missed: {detail}; costliest step: {step['name']} "
+        f"(cosine -{step['cosine_drop']:.6f}); nothing written to {target}, "
+        f"report in {rejected}",
+        file=report["recipe"],
+        field="verify",
+        fix="relax [verify] or change the passes that cost the most",
+    )
+    error.report = report
+    return error
+
+
+def _data_files(recipe: Recipe) -> list[Path]:
+    files = []
+    for name in ("calibration", "finetune", "verification"):
+        split = getattr(recipe.data, name)
+        if split is not None and split.path is not None:
+            path = recipe.resolve_path(split.path)
+            if path.is_file():
+                files.append(path)
+    return files
+
+
+def _version() -> str:
+    try:
+        return md.version("fxopt")
+    except md.PackageNotFoundError:
+        return "unknown"

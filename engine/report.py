@@ -1,0 +1,131 @@
+"""The run report: ``report.json`` for machines, ``report.md`` and a console table for people.
+
+The JSON keys are a contract for build systems: ``passed``, ``passes[]`` (``name``,
+``seconds``, ``metrics``, ``numerics``), ``verify`` (``metrics``, ``budget``, ``passed``),
+``model`` (``params_before``/``after``, ``bytes_before``/``after``), ``latency_ms``
+(``reference``, ``optimized``: ``p50``, ``p95``) and ``artifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .console import Output
+
+
+@dataclass
+class Report:
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data.get("passed"))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False, default=str)
+
+    def write(self, directory: Path) -> list[str]:
+        (directory / "report.json").write_text(self.to_json() + "\n", encoding="utf-8")
+        (directory / "report.md").write_text(self.to_markdown(), encoding="utf-8")
+        return ["report.json", "report.md"]
+
+    def to_markdown(self) -> str:
+        d = self.data
+        verdict = "PASSED" if d.get("passed") else "FAILED"
+        lines = [
+            f"# fxopt report: {verdict}",
+            "",
+            f"- recipe: `{d.get('recipe')}`",
+            f"- model: `{d.get('model_path')}` (task `{d.get('task')}`)",
+            f"- backend: `{d.get('artifacts', {}).get('backend')}`",
+            "",
+            "## Passes",
+            "",
+            "| pass | seconds | modified | nodes | cosine after | metrics |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in d.get("passes", []):
+            cosine = p.get("numerics", {}).get("cosine_mean")
+            lines.append(
+                f"| `{p['name']}` | {p['seconds']:.2f} | {p['modified']} | "
+                f"{p['nodes_before']} → {p['nodes_after']} | {_fmt(cosine)} | "
+                f"{json.dumps(p['metrics'])} |"
+            )
+        verify = d.get("verify", {})
+        lines += ["", "## Fidelity", "", "| metric | value | bound | passed |", "|---|---|---|---|"]
+        bounds = {b["metric"]: b for b in verify.get("budget", [])}
+        for name, value in verify.get("metrics", {}).items():
+            bound = bounds.get(name)
+            lines.append(
+                f"| {name} | {_fmt(value)} | {_fmt(bound['bound']) if bound else '–'} | "
+                f"{bound['passed'] if bound else '–'} |"
+            )
+        if verify.get("costliest_step"):
+            step = verify["costliest_step"]
+            lines += ["", f"Costliest step: `{step['name']}` (cosine −{step['cosine_drop']:.6f})."]
+        model = d.get("model", {})
+        lines += [
+            "",
+            "## Size and speed",
+            "",
+            f"- parameters: {model.get('params_before'):,} → {model.get('params_after'):,}",
+            f"- bytes: {model.get('bytes_before'):,} → {model.get('bytes_after'):,}",
+        ]
+        latency = d.get("latency_ms")
+        if latency:
+            lines.append(
+                f"- latency p50 (batch shape {latency['shape']}): reference "
+                f"{latency['reference']['p50']} ms, optimized {latency['optimized']['p50']} ms "
+                f"({latency['speedup_p50']}×)"
+            )
+        lines += ["", "## Artifacts", ""]
+        lines += [f"- `{f}`" for f in d.get("artifacts", {}).get("files", [])]
+        return "\n".join(lines) + "\n"
+
+    def print_summary(self, output: Output) -> None:
+        if output.quiet:
+            return
+        d = self.data
+        table = Table(title=f"fxopt: {'passed' if d.get('passed') else 'FAILED'}")
+        table.add_column("step")
+        table.add_column("seconds", justify="right")
+        table.add_column("cosine", justify="right")
+        table.add_column("detail")
+        for p in d.get("passes", []):
+            table.add_row(
+                p["name"],
+                f"{p['seconds']:.2f}",
+                _fmt(p.get("numerics", {}).get("cosine_mean")),
+                ", ".join(f"{k}={v}" for k, v in p["metrics"].items()),
+            )
+        metrics = d.get("verify", {}).get("metrics", {})
+        table.add_row(
+            f"artifact ({d.get('artifacts', {}).get('backend')})",
+            f"{d.get('seconds', {}).get('lower', 0):.2f}",
+            _fmt(metrics.get("cosine_mean")),
+            f"min cosine {_fmt(metrics.get('cosine_min'))}, max abs {_fmt(metrics.get('max_abs'))}",
+        )
+        output.console.print(table)
+        latency = d.get("latency_ms")
+        if latency:
+            output.console.print(
+                f"latency p50 {latency['reference']['p50']} ms → "
+                f"{latency['optimized']['p50']} ms ({latency['speedup_p50']}×), "
+                f"shape {latency['shape']}"
+            )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.6f}" if abs(value) < 10 else f"{value:.2f}"
+    return str(value)

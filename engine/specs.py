@@ -1,0 +1,68 @@
+"""Input specs: names, dtypes and shapes with named dynamic axes.
+
+One spec serves capture (``torch.export.Dim`` per named axis), synthetic data, lowering
+(ONNX dim names) and the TensorRT-style min/opt/max profiles, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .recipe import DimRange
+
+TORCH_DTYPES = {
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input. ``shape`` mixes fixed sizes and names of dynamic axes."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+
+def dim_names(specs: list[InputSpec]) -> list[str]:
+    names: list[str] = []
+    for spec in specs:
+        names += [d for d in spec.dynamic_axes.values() if d not in names]
+    return names
+
+
+def export_dynamic_shapes(
+    specs: list[InputSpec], dims: dict[str, DimRange]
+) -> tuple[dict[int, torch.export.Dim], ...] | None:
+    """The ``dynamic_shapes`` argument of ``torch.export.export``, positional like the inputs."""
+    made = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in dims.items()}
+    shapes = tuple(
+        {axis: made[dim] for axis, dim in spec.dynamic_axes.items() if dim in made}
+        for spec in specs
+    )
+    return shapes if any(shapes) else None
+
+
+def example_sizes(dims: dict[str, DimRange]) -> dict[str, int]:
+    """Sizes to trace with: the optimal size, but never 0 or 1, which export would specialize."""
+    return {name: max(r.optimal, min(2, r.max)) for name, r in dims.items()}

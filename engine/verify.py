@@ -1,0 +1,110 @@
+"""Fidelity: compare a candidate's outputs with the reference model's, and check the budget.
+
+What is compared depends on the task: pooled sentence embeddings for encoders (token states
+are mean-pooled under the attention mask for ``feature-extraction``), logits plus top-1
+agreement for classifiers and language models, every output flattened otherwise. The cosine is
+per sample, so ``cosine_min`` finds the one sentence a change broke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .recipe import VerifySection
+
+CLASSIFICATION_TASKS = ("sequence-classification", "image-classification", "causal-lm")
+
+#: budget field -> (metric it bounds, True when the metric must be at least the bound)
+BOUNDS: dict[str, tuple[str, bool]] = {
+    "min_cosine": ("cosine_mean", True),
+    "min_cosine_worst": ("cosine_min", True),
+    "max_abs": ("max_abs", False),
+    "max_rel_l2": ("rel_l2", False),
+    "min_top1_agreement": ("top1_agreement", True),
+}
+
+
+def compare(
+    reference: list[list[np.ndarray]],
+    candidate: list[list[np.ndarray]],
+    masks: list[np.ndarray | None],
+    task: str,
+) -> dict[str, float]:
+    """Metrics of ``candidate`` against ``reference``; both are per batch, per output."""
+    ref = [
+        np.concatenate([b[i] for b in reference]).astype(np.float64)
+        for i in range(len(reference[0]))
+    ]
+    got = [
+        np.concatenate([b[i] for b in candidate]).astype(np.float64)
+        for i in range(len(candidate[0]))
+    ]
+    mask = np.concatenate(masks) if all(m is not None for m in masks) else None
+    first_ref, first_got = _view(ref[0], mask, task), _view(got[0], mask, task)
+    cosine = _cosine(first_ref, first_got)
+    diff = np.concatenate([(g - r).ravel() for r, g in zip(ref, got, strict=True)])
+    norm = np.sqrt(sum(float((r**2).sum()) for r in ref))
+    metrics = {
+        "samples": float(len(cosine)),
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
+        "rel_l2": float(np.sqrt((diff**2).sum()) / norm) if norm > 0 else 0.0,
+    }
+    if task in CLASSIFICATION_TASKS:
+        agree = ref[0].argmax(axis=-1) == got[0].argmax(axis=-1)
+        metrics["top1_agreement"] = float(agree.mean())
+    return metrics
+
+
+def _view(output: np.ndarray, mask: np.ndarray | None, task: str) -> np.ndarray:
+    """The per-sample vectors whose cosine we report."""
+    if task == "feature-extraction" and mask is not None and output.ndim == 3:
+        weights = mask[..., None].astype(np.float64)
+        output = (output * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return output.reshape(output.shape[0], -1)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = den == 0
+    return np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))
+
+
+@dataclass
+class BudgetLine:
+    field: str
+    metric: str
+    bound: float
+    value: float | None
+    passed: bool
+
+    @property
+    def margin(self) -> float | None:
+        return None if self.value is None else self.value - self.bound
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "metric": self.metric,
+            "bound": self.bound,
+            "value": self.value,
+            "passed": self.passed,
+            "margin": self.margin,
+        }
+
+
+def check_budget(metrics: dict[str, float], budget: VerifySection) -> list[BudgetLine]:
+    lines = []
+    for field, (metric, at_least) in BOUNDS.items():
+        bound = getattr(budget, field)
+        if bound is None:
+            continue
+        value = metrics.get(metric)
+        passed = value is not None and (value >= bound if at_least else value <= bound)
+        lines.append(BudgetLine(field, metric, bound, value, passed))
+    return lines

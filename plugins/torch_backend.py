@@ -1,0 +1,91 @@
+"""The torch backend: the IR itself, saved as a ``.pt2`` archive, run eagerly or compiled.
+
+With ``compile = true`` the runner hands the loaded program to ``torch.compile`` (inductor,
+with weight freezing, which is what lets oneDNN's int8 kernels take over quantized graphs on
+x86). ``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fxopt.engine import hookimpl
+from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
+from fxopt.engine.errors import BackendUnavailableError
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.onnx_export import export_onnx
+
+
+class TorchOptions(BackendOptions):
+    device: Literal["cpu", "cuda"] = "cpu"
+    compile: bool = False
+    onnx: bool = True
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    Options = TorchOptions
+
+    def check_available(self) -> None:
+        if self.options.device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                "target.options.device is 'cuda' but torch sees no CUDA device",
+                field="target.options.device",
+                fix="run on a machine with a GPU and a CUDA build of torch, or use device = 'cpu'",
+            )
+
+    def lower(self, ir: ModelIR, out_dir: Path) -> Artifact:
+        program = torch.export.export(
+            ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+        )
+        torch.export.save(program, str(out_dir / "model.pt2"))
+        files = ["model.pt2"]
+        if self.options.onnx:
+            files += export_onnx(ir, out_dir / "model.onnx")
+        return Artifact(
+            backend=self.name,
+            path="model.pt2",
+            files=files,
+            info={"torch": torch.__version__, "compile": self.options.compile},
+        )
+
+    def load(self, out_dir: Path, artifact: Artifact) -> Runner:
+        module = torch.export.load(str(out_dir / artifact.path)).module()
+        return TorchRunner(module, self.options)
+
+
+class TorchRunner(Runner):
+    """Runs a module on numpy inputs; also the runner of the unoptimized reference model."""
+
+    def __init__(
+        self, module: torch.nn.Module, options: TorchOptions, names: list[str] | None = None
+    ) -> None:
+        self.device = torch.device(options.device)
+        self.module = module.to(self.device)
+        if options.compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            self.module = torch.compile(self.module)
+        if names is None:
+            names = [n.name for n in module.graph.nodes if n.op == "placeholder"]
+        self.input_names = names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [
+            torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
+            for n in self.input_names
+        ]
+        with torch.no_grad():
+            out = self.module(*args)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().float().cpu().numpy() for o in outs]
+
+
+@hookimpl
+def fxopt_register_backends(registry) -> None:
+    registry.register(TorchBackend.name, TorchBackend)
