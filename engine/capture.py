@@ -86,6 +86,7 @@ def capture(
     except Exception as exc:
         raise CaptureError(_describe(exc), file=source, fix=DOCS_HINT) from None
     module = program.module()
+    _own_weights(module)
     placeholders = [n.name for n in module.graph.nodes if n.op == "placeholder"]
     if placeholders != [s.name for s in specs]:
         _rename_placeholders(module, specs)
@@ -97,6 +98,25 @@ def capture(
         output_names=list(loaded.output_names),
         meta=ModelMeta(task=loaded.task, source=source, config=dict(loaded.config)),
     )
+
+
+def _own_weights(module: torch.nn.Module) -> None:
+    """Give the IR its own parameters and buffers (ties kept).
+
+    ``ep.module()`` shares the very ``Parameter`` objects of the eager model, which is also the
+    reference that distillation and verification compare against: a pass editing weights in
+    place (pruning, fine-tuning) would otherwise edit the reference too.
+    """
+    copies: dict[int, torch.Tensor] = {}
+    for kind, named in (("param", module.named_parameters), ("buffer", module.named_buffers)):
+        for name, tensor in list(named(remove_duplicate=False)):
+            if id(tensor) not in copies:
+                clone = tensor.detach().clone()
+                if kind == "param":
+                    clone = torch.nn.Parameter(clone, requires_grad=tensor.requires_grad)
+                copies[id(tensor)] = clone
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, copies[id(tensor)])
 
 
 def _for_signature(module: torch.nn.Module, dynamic: tuple | None) -> tuple | None:

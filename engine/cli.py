@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -74,6 +75,13 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the graph per pass")
     parser.add_argument("--cache-dir", type=Path, help="where passes keep caches")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CHECKPOINT",
+        help="resume fine-tuning from a checkpoint file or directory (default: the latest)",
+    )
     parser.add_argument("--allow-pickle", action="store_true", help="allow *.bin checkpoints")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow code shipped with the model"
@@ -110,7 +118,10 @@ def _run(args: argparse.Namespace, output) -> int:
         dump_ir=args.dump_ir,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        resume=args.resume,
     )
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
+        output.quiet = True
     if args.cache_dir:
         options.cache_dir = args.cache_dir
     report = optimize(args.recipe, args.model_dir, options=options, output=output)

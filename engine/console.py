@@ -17,7 +17,7 @@ class Output:
 
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def step(self, message: str) -> None:
         if not self.quiet:
@@ -31,10 +31,11 @@ class Output:
         self.console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A progress bar; yields ``advance(n)``."""
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress bar; yields ``advance(n, description=None)`` (a new description shows
+        live figures, e.g. the fine-tune loss and learning rate)."""
         if self.quiet or total <= 1:
-            yield lambda n=1: None
+            yield lambda n=1, description=None: None
             return
         columns = (
             TextColumn("  {task.description}"),
@@ -44,4 +45,6 @@ class Output:
         )
         with Progress(*columns, console=self.console, transient=True) as bar:
             task_id = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
+            yield lambda n=1, description=None: bar.update(
+                task_id, advance=n, **({"description": description} if description else {})
+            )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .console import Output
     from .data import Batch
     from .ir import ModelIR
+    from .plugin_host import PluginHost
     from .recipe import Recipe
 
 
@@ -57,7 +58,9 @@ class PassContext:
     ``batches(split)`` yields the recipe's data for ``calibration`` or ``finetune``;
     ``reference`` runs the original, unoptimized model (for distillation); ``evaluate``
     measures an IR against the reference on the verification inputs (for accuracy-aware
-    passes); ``cache_dir`` is where a pass may keep results across runs.
+    passes); ``cache_dir`` is where a pass may keep results across runs. ``plugins`` is the
+    run's plugin host (registries and hooks, e.g. attacks for ``finetune``); ``resume`` is
+    ``optimize --resume``'s value (a checkpoint path, or ``"latest"``).
     """
 
     recipe: Recipe
@@ -66,6 +69,8 @@ class PassContext:
     evaluate: Callable[[ModelIR], dict[str, float]]
     cache_dir: Path
     output: Output
+    plugins: PluginHost | None = None
+    resume: str | None = None
 
 
 class Pass:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class RunOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     cache_dir: Path = DEFAULT_CACHE
+    #: ``--resume``: a fine-tune checkpoint (file or directory), or ``"latest"``
+    resume: str | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class _Run:
     splits: dict[str, list[Batch]]
     reference: list[list[np.ndarray]]
     seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def optimize(
@@ -94,11 +98,14 @@ def optimize(
     plan.backend.check_available()
 
     run = _prepare(recipe, plan, host, model_path, options, output)
+    run.started = started
     ir = _capture(run, output)
     ir, records = _run_passes(run, ir, options, output, host)
-    report = _lower_and_verify(run, ir, records, target, options, output)
-    report.data["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    return report
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only rank 0 writes outputs
+        rank = int(os.environ["RANK"])
+        passes = [r.to_json() for r in records]
+        return Report({"passed": True, "rank": rank, "out_dir": None, "passes": passes})
+    return _lower_and_verify(run, ir, records, target, options, output)
 
 
 def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
@@ -245,6 +252,8 @@ def _run_passes(
         evaluate=_evaluator(run, 10**9),
         cache_dir=options.cache_dir,
         output=output,
+        plugins=host,
+        resume=options.resume,
     )
     result = PassManager(run.plan.passes, instruments).run(ir, ctx)
     run.seconds["passes"] = time.perf_counter() - tick
@@ -278,6 +287,7 @@ def _lower_and_verify(
 
         latency = _latency(run, runner) if run.recipe.verify.latency else None
         assets = run.loaded.save_assets(tmp) if run.loaded.save_assets else []
+        run.seconds["total"] = time.perf_counter() - run.started
         report = _report(run, ir, records, artifact.to_json(), metrics, budget, passed, latency)
         files = [*artifact.files, *assets, *report.write(tmp)]
         manifest = build_manifest(

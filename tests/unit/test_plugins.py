@@ -1,0 +1,102 @@
+"""Plugin discovery through the ``fxopt.plugins`` entry-point group."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+
+import pytest
+
+from fxopt.engine import plugin_host
+from fxopt.engine.errors import PluginError
+from fxopt.engine.plugin_host import load_plugins
+from tests.cli import assert_clean_failure, run_cli
+from tests.conftest import TINY_RECIPE, write_recipe
+
+
+def with_entry_points(monkeypatch, **plugins: str) -> None:
+    """Add entry points (name -> module) to the group, as an installed package would."""
+    real = md.entry_points
+
+    def entry_points(**kwargs):
+        found = list(real(**kwargs))
+        if kwargs.get("group") == plugin_host.ENTRY_POINT_GROUP:
+            found += [
+                md.EntryPoint(name, value, plugin_host.ENTRY_POINT_GROUP)
+                for name, value in plugins.items()
+            ]
+        return found
+
+    monkeypatch.setattr(plugin_host.md, "entry_points", entry_points)
+
+
+def test_builtins_register_through_the_entry_point_group():
+    host = load_plugins()
+    assert {"cleanup.dce", "cleanup.dropout", "cleanup.constant_fold"} <= set(host.passes.names())
+    assert {"onnxruntime", "torch"} <= set(host.backends.names())
+    assert {"huggingface", "pt2"} <= set(host.loaders.names())
+    assert host.passes.entry("cleanup.dce").origin.startswith("fxopt ")
+    assert host.failures == []
+
+
+def test_third_party_pass_is_registered_and_runs(monkeypatch, capsys, tmp_path, tiny_bert_dir):
+    with_entry_points(monkeypatch, scale="tests.fixtures.plugins.good")
+    host = load_plugins()
+    assert "thirdparty.scale" in host.passes
+    assert "[scale]" in host.passes.entry("thirdparty.scale").origin
+
+    text = TINY_RECIPE.format(backend="onnxruntime") + (
+        '\n[[passes]]\nname = "thirdparty.scale"\nconfig = { factor = 2.0 }\n'
+    )
+    text = text.replace("min_cosine = 0.9999", "min_cosine = 0.9999\nmax_abs = 10.0")
+    result = run_cli(
+        capsys, write_recipe(tmp_path, text), tiny_bert_dir, "-o", tmp_path / "out", "--json"
+    )
+    assert result.code == 0, result.err
+    import json
+
+    report = json.loads(result.out)
+    scale = report["passes"][-1]
+    assert scale["name"] == "thirdparty.scale"
+    assert scale["metrics"] == {"factor": 2.0}
+    # doubling every output keeps the direction (cosine 1) but not the values
+    assert scale["numerics"]["cosine_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert scale["numerics"]["rel_l2"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_duplicate_pass_name_is_refused_naming_both(monkeypatch):
+    with_entry_points(monkeypatch, clash="tests.fixtures.plugins.clash")
+    with pytest.raises(PluginError) as info:
+        load_plugins()
+    message = str(info.value)
+    assert "pass 'cleanup.dce' is registered twice" in message
+    assert "[builtin-passes]" in message
+    assert "[clash]" in message
+
+
+def test_broken_plugin_is_isolated(monkeypatch, capsys):
+    with_entry_points(monkeypatch, broken="tests.fixtures.plugins.broken")
+    host = load_plugins()
+    assert [f.name for f in host.failures] == ["broken"]
+    assert "a_dependency_nobody_installed" in host.failures[0].error
+    assert "cleanup.dce" in host.passes  # everything else still loads
+
+    result = run_cli(capsys, "passes")
+    assert result.code == 0
+    assert "plugin broken" in " ".join(result.err.split())
+
+
+def test_broken_plugin_named_when_the_recipe_needs_it(monkeypatch, capsys, tmp_path, tiny_bert_dir):
+    with_entry_points(monkeypatch, broken="tests.fixtures.plugins.broken")
+    text = TINY_RECIPE.format(backend="onnxruntime") + '\n[[passes]]\nname = "broken.pass"\n'
+    result = run_cli(capsys, write_recipe(tmp_path, text), tiny_bert_dir)
+    assert_clean_failure(
+        result, 2, "unknown pass 'broken.pass'", "plugins that failed to import: broken"
+    )
+
+
+def test_unregister_drops_what_a_plugin_registered(monkeypatch):
+    with_entry_points(monkeypatch, scale="tests.fixtures.plugins.good")
+    host = load_plugins()
+    host.unregister("scale")
+    assert "thirdparty.scale" not in host.passes
+    assert "cleanup.dce" in host.passes
