@@ -2,15 +2,23 @@
 
 ``optimize`` runs a recipe end to end; ``Pass``/``PassConfig``/``PassResult`` and ``hookimpl``
 are what a plugin author needs; ``ModelIR`` is the graph passes rewrite.
+
+Names that need torch load on first use, so ``optimize`` can answer "up to date" (and
+``--help``) without paying for importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .analysis import ALL, Analysis
 from .errors import FxoptError
 from .hookspecs import hookimpl
-from .ir import ModelIR
 from .pass_base import Pass, PassConfig, PassContext, PassResult
-from .pipeline import RunOptions, optimize
 from .report import Report
+
+_LAZY = {"ModelIR": ".ir", "optimize": ".pipeline", "RunOptions": ".pipeline"}
 
 __all__ = [
     "ALL",
@@ -26,3 +34,9 @@ __all__ = [
     "hookimpl",
     "optimize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@
     optimize passes                                                list passes, backends, ...
     optimize schema                                                print the recipe JSON schema
     optimize bench OUT_DIR                                         time an artifact vs its source
+    optimize check RECIPE [MODEL_DIR] [--json]                     TensorRT pre-flight report
 
 Exit codes: 0 ok, 2 usage/recipe/input error, 3 fidelity budget missed, 4 backend
 unavailable, 5 internal error, 130 interrupted. User errors print one message, no traceback.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
@@ -22,10 +24,16 @@ from pathlib import Path
 
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, BudgetError, FxoptError
 
-SUBCOMMANDS = ("validate", "passes", "schema", "bench")
+SUBCOMMANDS = ("validate", "passes", "schema", "bench", "check", "cache")
+
+
+#: libraries that log import-time noise (optional kernels they could not load) at WARNING
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx", "onnxscript")
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         command, parser = argv[0], _subparser(argv[0])
@@ -74,7 +82,22 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the graph per pass")
-    parser.add_argument("--cache-dir", type=Path, help="where passes keep caches")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="build and pass cache (default $FXOPT_CACHE_DIR or ~/.cache/fxopt)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write caches")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--depfile", type=Path, metavar="PATH", help="write a Make/Ninja depfile of every input"
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -91,6 +114,14 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def _subparser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"optimize {command}")
+    if command in ("validate", "passes", "check"):
+        parser.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
+        )
     if command == "validate":
         parser.description = "Check a recipe against the installed plugins; run nothing."
         parser.add_argument("recipe", type=Path)
@@ -99,6 +130,11 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--json", action="store_true")
     elif command == "schema":
         parser.description = "Print the recipe JSON schema."
+    elif command == "cache":
+        parser.description = "Show or clear the build cache."
+        parser.add_argument("action", choices=("info", "clear"))
+        parser.add_argument("--cache-dir", type=Path)
+        parser.add_argument("--json", action="store_true")
     elif command == "bench":
         parser.description = "Time an output directory's artifact next to the original model."
         parser.add_argument("out_dir", type=Path)
@@ -106,11 +142,21 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--warmup", type=int, default=5)
         parser.add_argument("--batch", type=int, help="batch size (default: the recipe's opt)")
         parser.add_argument("--json", action="store_true")
+    elif command == "check":
+        parser.description = (
+            "Load, capture and run the recipe's passes, export ONNX, and check statically "
+            "whether TensorRT would build it (ops, Q/DQ rules, shape profiles). Exit code 0: "
+            "compatible, 2: problems found."
+        )
+        parser.add_argument("recipe", type=Path)
+        parser.add_argument("model_dir", type=Path, nargs="?")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
 def _run(args: argparse.Namespace, output) -> int:
-    from .pipeline import RunOptions, optimize
+    from .build_cache import plan_build
+    from .run_options import RunOptions
 
     options = RunOptions(
         out_dir=args.out,
@@ -118,18 +164,52 @@ def _run(args: argparse.Namespace, output) -> int:
         dump_ir=args.dump_ir,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        use_cache=not args.no_cache,
+        plugins=args.plugin,
+        depfile=args.depfile,
         resume=args.resume,
     )
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
         output.quiet = True
     if args.cache_dir:
         options.cache_dir = args.cache_dir
-    report = optimize(args.recipe, args.model_dir, options=options, output=output)
+    # the no-op path: answered before torch is imported
+    build = plan_build(args.recipe, args.model_dir, options, output)
+    report = build.finished()
+    if report is None:
+        from .pipeline import optimize
+
+        report = optimize(build.recipe, build.model_path, options=options, output=output)
     if args.json:
         print(report.to_json())
+    elif report.data.get("cache"):
+        output.step(
+            f"{report['out_dir']} is up to date ({report.data['cache']}, cache key "
+            f"{build.key[:12]})"
+        )
     else:
         report.print_summary(output)
         output.step(f"wrote {report['out_dir']}")
+    return EXIT_OK
+
+
+def _cache(args: argparse.Namespace, output) -> int:
+    from .build_cache import BuildCache
+    from .run_options import default_cache_dir
+
+    cache = BuildCache(args.cache_dir or default_cache_dir(), output=output)
+    if args.action == "clear":
+        removed = cache.clear()
+        output.console.print(f"removed {removed} cache entries from {cache.root}")
+        return EXIT_OK
+    info = cache.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        output.console.print(
+            f"{info['path']}: {info['outputs']} outputs, {info['pass_results']} pass results, "
+            f"{info['bytes'] / 2**20:.1f} MiB"
+        )
     return EXIT_OK
 
 
@@ -139,7 +219,8 @@ def _validate(args: argparse.Namespace, output) -> int:
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    plan = bind(recipe, load_plugins())
+    plan = bind(recipe, load_plugins(only=args.plugin))
+    plan.backend.check_available()
     names = ", ".join(p.name for p in plan.passes) or "no passes"
     output.console.print(f"{args.recipe}: ok ({names} → {plan.backend.name})")
     return EXIT_OK
@@ -150,7 +231,7 @@ def _passes(args: argparse.Namespace, output) -> int:
 
     from .plugin_host import load_plugins
 
-    host = load_plugins()
+    host = load_plugins(only=args.plugin)
     if args.json:
         listing = {
             kind: [{"name": e.name, "origin": e.origin} for e in registry]
@@ -206,12 +287,23 @@ def _bench(args: argparse.Namespace, output) -> int:
     return EXIT_OK
 
 
+def _check(args: argparse.Namespace, output) -> int:
+    from fxopt.plugins.trt_preflight import preflight
+
+    from .plugin_host import load_plugins
+
+    host = load_plugins(only=args.plugin)
+    return preflight(args.recipe, args.model_dir, output=output, as_json=args.json, host=host)
+
+
 COMMANDS = {
+    "check": _check,
     "run": _run,
     "validate": _validate,
     "passes": _passes,
     "schema": _schema,
     "bench": _bench,
+    "cache": _cache,
 }
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -25,10 +26,12 @@ class Output:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[bold yellow]warning:[/] {message}")
+            self.console.print(f"[bold yellow]warning:[/] {escape(message)}")
 
     def error(self, message: str) -> None:
-        self.console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+        # escaped: messages quote recipe tables ("add a [data.finetune] table") that rich
+        # would otherwise swallow as markup
+        self.console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:

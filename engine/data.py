@@ -113,7 +113,9 @@ def build_splits(
                 field=f"data.{name}.batch_size",
                 fix="lower batch_size or raise samples",
             )
-        group = (split.source, split.path) if source.reads_file else (split.source, str(name))
+        # one record list per source and file: splits take consecutive, disjoint slices
+        # (sources that generate data per split, like synthetic, ignore the offset)
+        group = (split.source, split.path)
         offset = offsets.get(group, 0)
         got = source.samples(split, make_ctx(name), offset=offset, count=split.samples)
         if len(got) < split.samples:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
     from fxopt.passes.finetune.attacks import Attack
+    from fxopt.passes.prune.pruners import LayerPruner
+    from fxopt.passes.quantize.observers import ObserverFactory
 
     from .backend import Backend
     from .data import Dataset
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from .registry import Registrar
 
 PROJECT = "fxopt"
+#: bumped when a hook's signature changes incompatibly; a plugin module may declare the
+#: version it was built for as ``FXOPT_HOOKSPEC_VERSION`` and is refused on a mismatch
+HOOKSPEC_VERSION = 1
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -61,6 +66,37 @@ def fxopt_register_loaders(registry: Registrar[type[Loader]]) -> None:
 @hookspec
 def fxopt_register_datasets(registry: Registrar[type[Dataset]]) -> None:
     """Register dataset sources a recipe's ``[data.*] source`` can name."""
+
+
+@hookspec
+def fxopt_register_layer_pruners(registry: Registrar[LayerPruner]) -> None:
+    """Register per-op layer pruners for ``prune.structured``, keyed by the op's name as the
+    graph prints it (``aten.linear.default``) or its overload packet (``aten.add``).
+
+    A :class:`~fxopt.passes.prune.LayerPruner` says how the op's axes are coupled; ops with
+    none are left unpruned and listed in the report. Example::
+
+        @hookimpl
+        def fxopt_register_layer_pruners(registry):
+            registry.register("mylib.gelu_linear.default", GeluLinearPruner())
+    """
+
+
+@hookspec
+def fxopt_register_observers(registry: Registrar[ObserverFactory]) -> None:
+    """Register activation observers for ``quantize.int8`` by the name its ``observer`` key
+    (or ``observer_overrides``) uses; ``minmax``, ``histogram``, ``percentile``, ``entropy``
+    and ``mse`` are built in.
+
+    The registered object is a factory: called with the recipe's
+    :class:`~fxopt.passes.quantize.ObserverOptions`, it returns a torchao observer constructor
+    (a class, or ``SomeObserver.with_args(...)``), which pt2e calls with the dtype, range and
+    scheme of the quantization spec. Example::
+
+        @hookimpl
+        def fxopt_register_observers(registry):
+            registry.register("mycorp.ema", lambda options: EmaObserver.with_args(decay=0.9))
+    """
 
 
 # -- per run ----------------------------------------------------------------------------------

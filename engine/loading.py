@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from .errors import ModelError
+from .errors import ModelError, RecipeError
 
 if TYPE_CHECKING:
-    from .recipe import DimRange
+    import torch
+
+    from .recipe import DimRange, Recipe
     from .specs import InputSpec
 
 PACKAGE_SCHEME = "pkg:"
@@ -76,4 +76,24 @@ def resolve_model_path(value: str, *, recipe_dir: Path | None, field: str) -> Pa
     path = Path(value).expanduser()
     if not path.is_absolute() and recipe_dir is not None:
         path = recipe_dir / path
+    return path
+
+
+def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
+    if model_dir is not None:
+        path = Path(model_dir)
+    elif recipe.model.path is not None:
+        source = recipe.source.parent if recipe.source else None
+        path = resolve_model_path(recipe.model.path, recipe_dir=source, field="model.path")
+    else:
+        raise RecipeError(
+            "no model given",
+            file=recipe.label,
+            field="model.path",
+            fix="pass MODEL_DIR on the command line, or set [model] path in the recipe",
+        )
+    if not path.exists():
+        raise ModelError(
+            "model path not found", file=path, fix="pass an existing model directory or .pt2 file"
+        )
     return path

@@ -6,21 +6,13 @@ the product of the recipe, model and data it sits next to.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 VERSIONED = ("fxopt", "torch", "onnx", "onnxruntime", "onnxscript", "transformers", "torchao")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -35,6 +27,8 @@ def versions() -> dict[str, str]:
 
 def build_manifest(
     *,
+    build_key: str,
+    hasher: Callable[[Path], str],
     recipe: Path | None,
     model_files: list[Path],
     data_files: list[Path],
@@ -42,13 +36,14 @@ def build_manifest(
     out_dir: Path,
 ) -> dict[str, Any]:
     def entry(path: Path) -> dict[str, str]:
-        return {"path": str(path), "sha256": sha256_file(path)}
+        return {"path": str(path), "sha256": hasher(path)}
 
     return {
+        "build_key": build_key,
         "recipe": entry(recipe) if recipe else None,
         "model": [entry(p) for p in model_files],
         "data": [entry(p) for p in data_files],
-        "outputs": {name: sha256_file(out_dir / name) for name in artifacts},
+        "outputs": {name: hasher(out_dir / name) for name in artifacts},
         "versions": versions(),
         "platform": {"machine": platform.machine(), "system": platform.system()},
     }

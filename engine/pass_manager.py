@@ -26,11 +26,16 @@ class PassManager:
         self.passes = list(passes)
         self.instruments = list(instruments)
 
-    def run(self, ir: ModelIR, ctx: PassContext) -> tuple[ModelIR, list[PassRecord]]:
+    def run(
+        self, ir: ModelIR, ctx: PassContext, done: Sequence[PassRecord] = ()
+    ) -> tuple[ModelIR, list[PassRecord]]:
+        """Run the passes; the first ``len(done)`` already ran (their result is ``ir``)."""
         for instrument in self.instruments:
             instrument.on_start(ir)
-        records: list[PassRecord] = []
+        records: list[PassRecord] = list(done)
         for index, pass_ in enumerate(self.passes):
+            if index < len(done):
+                continue
             record = PassRecord(pass_.name, ops_before=len(ir.graph.nodes))
             ctx.output.step(f"pass {pass_.name}")
             start = time.perf_counter()

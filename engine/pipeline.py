@@ -9,6 +9,7 @@ The CLI is a thin layer over this function; build systems and notebooks call it 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import json
 import os
@@ -21,39 +22,27 @@ import numpy as np
 import torch
 
 from .backend import Runner
+from .build_cache import Build, HashCache, data_files, plan_build
 from .capture import capture, effective_dims, effective_inputs
 from .console import Output
 from .data import Batch, DataContext, build_splits
-from .errors import BudgetError, ModelError, RecipeError
+from .data_shapes import check_data_shapes
+from .errors import BudgetError, ModelError
 from .instruments import DumpIR, Numerics, PassRecord
 from .ir import ModelIR
-from .loading import LoadedModel, LoadOptions, resolve_model_path
+from .loading import LoadedModel, LoadOptions, resolve_model
 from .manifest import build_manifest
 from .pass_base import PassContext
+from .pass_cache import PassCache, prefix_keys
 from .pass_manager import PassManager
 from .plan import Plan, bind
 from .plugin_host import PluginHost, load_plugins
 from .recipe import Recipe, load_recipe
 from .report import Report
+from .run_options import RunOptions
 from .staging import StagedDir, check_target
 from .timing import measure
 from .verify import check_budget, compare
-
-DEFAULT_CACHE = Path.home() / ".cache" / "fxopt"
-
-
-@dataclass
-class RunOptions:
-    """What the command line adds to a recipe."""
-
-    out_dir: Path | None = None
-    force: bool = False
-    dump_ir: Path | None = None
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    cache_dir: Path = DEFAULT_CACHE
-    #: ``--resume``: a fine-tune checkpoint (file or directory), or ``"latest"``
-    resume: str | None = None
 
 
 @dataclass
@@ -68,6 +57,8 @@ class _Run:
     reference: list[list[np.ndarray]]
     seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    build_key: str = ""
+    pass_cache: PassCache | None = None
 
 
 def optimize(
@@ -89,16 +80,36 @@ def optimize(
         options.out_dir = Path(out_dir)
     output = output or Output(quiet=True)
     started = time.perf_counter()
-    host = host or load_plugins()
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    build = plan_build(recipe, model_dir, options, output)
+    if (done := build.finished()) is not None:
+        return done
+    # under torchrun every rank runs this; only rank 0 locks, writes and stores (the others
+    # would wait on its lock while it waits for them in the fine-tune's process group)
+    peer = int(os.environ.get("RANK", "0")) != 0
+    with contextlib.nullcontext() if peer else build.cache.lock(build.key):
+        if (done := build.finished()) is not None:  # a concurrent build of the same inputs
+            return done
+        host = host or load_plugins(only=options.plugins)
+        report = _build(build, options, output, host, started)
+        if not peer:
+            build.cache.store(build.target, build.key)
+    return report
+
+
+def _build(
+    build: Build, options: RunOptions, output: Output, host: PluginHost, started: float
+) -> Report:
+    recipe, model_path, target = build.recipe, build.model_path, build.target
     plan = bind(recipe, host)
-    model_path = resolve_model(recipe, model_dir)
-    target = options.out_dir or Path(f"{recipe.label.removesuffix('.toml')}-out")
     check_target(target, force=options.force)
     plan.backend.check_available()
 
     run = _prepare(recipe, plan, host, model_path, options, output)
     run.started = started
+    run.build_key = build.key
+    run.pass_cache = PassCache(
+        options.cache_dir / "passes", prefix_keys(build.components), output, build.cache.enabled
+    )
     ir = _capture(run, output)
     ir, records = _run_passes(run, ir, options, output, host)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only rank 0 writes outputs
@@ -108,24 +119,40 @@ def optimize(
     return _lower_and_verify(run, ir, records, target, options, output)
 
 
-def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
-    if model_dir is not None:
-        path = Path(model_dir)
-    elif recipe.model.path is not None:
-        source = recipe.source.parent if recipe.source else None
-        path = resolve_model_path(recipe.model.path, recipe_dir=source, field="model.path")
-    else:
-        raise RecipeError(
-            "no model given",
-            file=recipe.label,
-            field="model.path",
-            fix="pass MODEL_DIR on the command line, or set [model] path in the recipe",
-        )
-    if not path.exists():
-        raise ModelError(
-            "model path not found", file=path, fix="pass an existing model directory or .pt2 file"
-        )
-    return path
+@dataclass
+class Prepared:
+    """The IR after the recipe's passes, and what it came from (see :func:`prepare`)."""
+
+    recipe: Recipe
+    plan: Plan
+    loaded: LoadedModel
+    splits: dict[str, list[Batch]]
+    ir: ModelIR
+    records: list[PassRecord]
+
+
+def prepare(
+    recipe: str | Path | Recipe,
+    model_dir: str | Path | None = None,
+    *,
+    options: RunOptions | None = None,
+    output: Output | None = None,
+    host: PluginHost | None = None,
+) -> Prepared:
+    """Load, capture and run the recipe's passes: everything before lowering, nothing written.
+
+    For tools that inspect the graph a backend would get (``optimize check``); the backend
+    itself is bound (its options validated) but not asked whether it can run here.
+    """
+    options = options or RunOptions()
+    output = output or Output(quiet=True)
+    host = host or load_plugins()
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    plan = bind(recipe, host)
+    run = _prepare(recipe, plan, host, resolve_model(recipe, model_dir), options, output)
+    ir = _capture(run, output)
+    ir, records = _run_passes(run, ir, options, output, host)
+    return Prepared(recipe, plan, run.loaded, run.splits, ir, records)
 
 
 def _prepare(
@@ -150,6 +177,7 @@ def _prepare(
         host.datasets,
         lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
     )
+    check_data_shapes(specs, loaded.dims, splits, label=recipe.label)
     seconds["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -255,7 +283,10 @@ def _run_passes(
         plugins=host,
         resume=options.resume,
     )
-    result = PassManager(run.plan.passes, instruments).run(ir, ctx)
+    done = run.pass_cache.resume(ir) if run.pass_cache else []
+    if run.pass_cache:
+        instruments.append(run.pass_cache.instrument(done))
+    result = PassManager(run.plan.passes, instruments).run(ir, ctx, done)
     run.seconds["passes"] = time.perf_counter() - tick
     return result
 
@@ -287,13 +318,19 @@ def _lower_and_verify(
 
         latency = _latency(run, runner) if run.recipe.verify.latency else None
         assets = run.loaded.save_assets(tmp) if run.loaded.save_assets else []
+        if "config.json" in assets and ir.meta.config != run.loaded.config:
+            # a pass that changed sizes (prune.structured) recorded them in ir.meta.config
+            text = json.dumps(ir.meta.config, indent=2) + "\n"
+            (tmp / "config.json").write_text(text, encoding="utf-8")
         run.seconds["total"] = time.perf_counter() - run.started
         report = _report(run, ir, records, artifact.to_json(), metrics, budget, passed, latency)
         files = [*artifact.files, *assets, *report.write(tmp)]
         manifest = build_manifest(
+            build_key=run.build_key,
+            hasher=HashCache(None).sha256,
             recipe=run.recipe.source,
             model_files=run.loaded.files,
-            data_files=_data_files(run.recipe),
+            data_files=data_files(run.recipe),
             artifacts=files,
             out_dir=tmp,
         )
@@ -391,17 +428,6 @@ def _budget_error(report: Report, target: Path) -> BudgetError:
     )
     error.report = report
     return error
-
-
-def _data_files(recipe: Recipe) -> list[Path]:
-    files = []
-    for name in ("calibration", "finetune", "verification"):
-        split = getattr(recipe.data, name)
-        if split is not None and split.path is not None:
-            path = recipe.resolve_path(split.path)
-            if path.is_file():
-                files.append(path)
-    return files
 
 
 def _version() -> str:

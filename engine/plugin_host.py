@@ -7,13 +7,18 @@ broken third-party package only matters to a recipe that needs what it would hav
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .errors import PluginError
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "fxopt.plugins"
@@ -38,8 +43,11 @@ class PluginHost:
     loaders: Registry = field(default_factory=lambda: Registry("loader"))
     datasets: Registry = field(default_factory=lambda: Registry("dataset"))
     attacks: Registry = field(default_factory=lambda: Registry("attack"))
+    layer_pruners: Registry = field(default_factory=lambda: Registry("layer pruner"))
+    observers: Registry = field(default_factory=lambda: Registry("observer"))
     failures: list[PluginFailure] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
+    tracing: bool = False
 
     def register(self, plugin: Any, name: str, origin: str | None = None) -> None:
         """Register one plugin object and let it fill the registries."""
@@ -61,6 +69,8 @@ class PluginHost:
             "loaders": self.loaders,
             "datasets": self.datasets,
             "attacks": self.attacks,
+            "layer_pruners": self.layer_pruners,
+            "observers": self.observers,
         }
 
     def failure_hint(self) -> str:
@@ -79,34 +89,92 @@ class PluginHost:
             "fxopt_register_loaders": self.loaders,
             "fxopt_register_datasets": self.datasets,
             "fxopt_register_attacks": self.attacks,
+            "fxopt_register_layer_pruners": self.layer_pruners,
+            "fxopt_register_observers": self.observers,
         }
         for hook_name, registry in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is plugin:
+                    if self.tracing:
+                        sys.stderr.write(f"fxopt plugins: {hook_name} [{plugin_name}]\n")
                     impl.function(registry=registry.registrar(origin))
 
 
-def load_plugins(*, entry_points: bool = True) -> PluginHost:
-    """Create a host and load every plugin of the ``fxopt.plugins`` entry-point group."""
+def load_plugins(*, entry_points: bool = True, only: Sequence[str] | None = None) -> PluginHost:
+    """Create a host and load the plugins of the ``fxopt.plugins`` entry-point group.
+
+    With ``FXOPT_DISABLE_PLUGIN_AUTOLOAD=1`` only fxopt's built-ins and the plugins named in
+    ``only`` (``--plugin NAME``, like pytest's ``-p``) load; ``FXOPT_TRACE_PLUGINS=1``
+    traces every hook call on stderr.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     host = PluginHost(pm)
-    if entry_points:
-        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
-            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
-                host.failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
-                continue
-            if host.pm.is_registered(plugin):
-                continue
-            name = ep.name if host.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
-            host.register(plugin, name=name, origin=f"{dist} [{ep.name}]")
+    if os.environ.get("FXOPT_TRACE_PLUGINS") == "1":
+        pm.trace.root.setwriter(lambda text: sys.stderr.write(f"fxopt plugins: {text}"))
+        pm.enable_tracing()
+        host.tracing = True
+    if not entry_points:
+        return host
+    autoload = os.environ.get("FXOPT_DISABLE_PLUGIN_AUTOLOAD") != "1"
+    wanted = set(only or ())
+    found = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first)
+    unknown = wanted - {ep.name for ep in found}
+    if unknown:
+        raise PluginError(
+            f"no installed plugin is named {', '.join(sorted(unknown))}",
+            field="--plugin",
+            fix=f"installed plugins: {', '.join(ep.name for ep in found)}",
+        )
+    for ep in found:
+        if not (autoload or _is_builtin(ep) or ep.name in wanted):
+            continue
+        _load_one(host, ep)
     return host
+
+
+def _load_one(host: PluginHost, ep: md.EntryPoint) -> None:
+    """Import and register one plugin; any failure is recorded, not raised (clashes are)."""
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+
+    def fail(message: str) -> None:
+        host.failures.append(PluginFailure(ep.name, dist, message))
+
+    try:
+        plugin = ep.load()
+    except Exception as exc:  # a broken plugin must not take the others down
+        return fail(f"{type(exc).__name__}: {exc}")
+    if host.pm.is_registered(plugin):
+        return None
+    wanted = getattr(plugin, "FXOPT_HOOKSPEC_VERSION", hookspecs.HOOKSPEC_VERSION)
+    if wanted != hookspecs.HOOKSPEC_VERSION:
+        return fail(
+            f"built for hookspec version {wanted}, this fxopt has version "
+            f"{hookspecs.HOOKSPEC_VERSION}; install a release of the plugin made for it"
+        )
+    name = ep.name if host.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
+    try:
+        host.register(plugin, name=name, origin=f"{dist} [{ep.name}]")
+        host.pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        with contextlib.suppress(ValueError, KeyError):
+            host.unregister(name)
+        return fail(
+            f"its hooks do not match this fxopt's hookspecs (built for another version?): {exc}"
+        )
+    except PluginError:
+        raise
+    except Exception as exc:
+        with contextlib.suppress(ValueError):
+            host.unregister(name)
+        return fail(f"its registration hook raised {type(exc).__name__}: {exc}")
+    return None
+
+
+def _is_builtin(ep: md.EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == "fxopt"
 
 
 def _builtin_first(ep: md.EntryPoint) -> tuple[int, str]:
     """Built-ins load first, so a clash is reported against the third-party plugin."""
-    is_builtin = ep.dist is not None and ep.dist.name == "fxopt"
-    return (0 if is_builtin else 1, ep.name)
+    return (0 if _is_builtin(ep) else 1, ep.name)

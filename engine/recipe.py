@@ -20,10 +20,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecipeError
+from .toml_compat import tomllib
 
 SCHEMA_VERSION = 1
 DTYPES = ("int64", "int32", "float32", "float16", "bfloat16", "bool")

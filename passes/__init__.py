@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from fxopt.engine import hookimpl
 
+from .cast import CastBF16, CastFP16
 from .constant_fold import ConstantFold
 from .dce import DeadCodeElimination
 from .dropout import RemoveDropout
+from .finetune import Finetune
+from .prune.structured import StructuredPrune
+from .quantize import QuantizeInt8, SmoothQuant
 
-BUILTIN_PASSES = (DeadCodeElimination, ConstantFold, RemoveDropout)
+BUILTIN_PASSES = (
+    DeadCodeElimination,
+    ConstantFold,
+    RemoveDropout,
+    Finetune,
+    CastFP16,
+    CastBF16,
+    StructuredPrune,
+    SmoothQuant,
+    QuantizeInt8,
+)
 
 
 @hookimpl

@@ -21,6 +21,8 @@ from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.onnx_export import export_onnx
 
+from .ort_qdq import DISABLED_OPTIMIZERS, rewrite_file
+
 LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -67,9 +69,17 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         files = export_onnx(ir, out_dir / "model.onnx", opset=self.options.opset)
+        # a quantized graph: weights pre-transposed, uint8 activations (see ort_qdq)
+        qdq = rewrite_file(out_dir / "model.onnx")
+        files = [f for f in dict.fromkeys([*files, "model.onnx.data"]) if (out_dir / f).exists()]
         options = self._session_options()
         options.optimized_model_filepath = str(out_dir / "model.ort.onnx")
-        ort.InferenceSession(str(out_dir / "model.onnx"), options, providers=self.options.providers)
+        ort.InferenceSession(
+            str(out_dir / "model.onnx"),
+            options,
+            providers=self.options.providers,
+            disabled_optimizers=list(DISABLED_OPTIMIZERS) if qdq is not None else None,
+        )
         return Artifact(
             backend=self.name,
             path="model.ort.onnx",
@@ -78,11 +88,15 @@ class OnnxRuntimeBackend(Backend):
                 "onnx": "model.onnx",
                 "onnxruntime": ort.__version__,
                 "graph_optimization_level": self.options.graph_optimization_level,
+                **({"qdq_rewrite": qdq} if qdq is not None else {}),
             },
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
-        return OrtRunner(out_dir / artifact.path, self._session_options(), self.options.providers)
+        disabled = list(DISABLED_OPTIMIZERS) if "qdq_rewrite" in artifact.info else None
+        return OrtRunner(
+            out_dir / artifact.path, self._session_options(), self.options.providers, disabled
+        )
 
     def _session_options(self):
         import onnxruntime as ort
@@ -97,10 +111,14 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: Path, options, providers: list[str]) -> None:
+    def __init__(
+        self, path: Path, options, providers: list[str], disabled: list[str] | None = None
+    ) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.session = ort.InferenceSession(
+            str(path), options, providers=providers, disabled_optimizers=disabled
+        )
         inputs = self.session.get_inputs()
         self.input_names = [i.name for i in inputs]
         self._types = {i.name: ORT_TYPES.get(i.type) for i in inputs}

@@ -54,19 +54,60 @@ class TorchBackend(Backend):
                 "torch": torch.__version__,
                 "compile": self.options.compile,
                 "inputs": ir.input_names,
+                "quantized": is_quantized(ir.module),
+                "example_shapes": [list(t.shape) for t in ir.example_inputs],
+                "example_dtypes": [str(t.dtype).removeprefix("torch.") for t in ir.example_inputs],
             },
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
-        module = torch.export.load(str(out_dir / artifact.path)).module()
-        return TorchRunner(module, self.options, names=artifact.info["inputs"])
+        quantized = artifact.info.get("quantized", False)
+        if quantized:
+            register_quantized_ops()
+        program = torch.export.load(str(out_dir / artifact.path))
+        if self.options.device != "cpu":
+            program = on_device(program, self.options.device)
+        runner = TorchRunner(
+            program.module(), self.options, names=artifact.info["inputs"], static=quantized
+        )
+        if self.options.compile and quantized:
+            runner.warm_up(artifact.info["example_shapes"], artifact.info["example_dtypes"])
+        return runner
+
+
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Does the graph hold quantize/dequantize ops (``quantize.int8``'s explicit Q/DQ)?"""
+    graph = getattr(module, "graph", None)
+    return graph is not None and any(
+        "quantized_decomposed" in str(n.target) for n in graph.nodes if n.op == "call_function"
+    )
+
+
+def register_quantized_ops() -> None:
+    """Register the ``quantized_decomposed`` op library: loading a ``.pt2`` that holds Q/DQ
+    needs it, and with it (and freezing) inductor's own x86 patterns lower each
+    ``dequantize -> linear`` to a oneDNN int8 kernel (``qlinear_pointwise``)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+
+def on_device(program: torch.export.ExportedProgram, device: str) -> torch.export.ExportedProgram:
+    """The program with its weights *and* the devices its graph names (``arange(device=cpu)``,
+    ``to(cpu)``: captured on the CPU) moved, which ``module.to(device)`` alone would miss."""
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, device)
 
 
 class TorchRunner(Runner):
     """Runs a module on numpy inputs; also the runner of the unoptimized reference model."""
 
     def __init__(
-        self, module: torch.nn.Module, options: TorchOptions, names: list[str] | None = None
+        self,
+        module: torch.nn.Module,
+        options: TorchOptions,
+        names: list[str] | None = None,
+        *,
+        static: bool = False,
     ) -> None:
         self.device = torch.device(options.device)
         self.module = module.to(self.device)
@@ -74,10 +115,21 @@ class TorchRunner(Runner):
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True
-            self.module = torch.compile(self.module)
+            # static: one specialised compile per input shape (int8 graphs: the oneDNN
+            # kernels are chosen for the shape), instead of one symbolic-shape graph
+            self.module = torch.compile(self.module, dynamic=False if static else None)
         if names is None:
             names = [n.name for n in module.graph.nodes if n.op == "placeholder"]
         self.input_names = names
+
+    def warm_up(self, shapes: list[list[int]], dtypes: list[str]) -> None:
+        """Compile now, for the shape the model was captured at, not on the first request."""
+        args = [
+            torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device)
+            for shape, dtype in zip(shapes, dtypes, strict=True)
+        ]
+        with torch.no_grad():
+            self.module(*args)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         args = [

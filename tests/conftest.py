@@ -20,6 +20,21 @@ TOKENIZER_FILES = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test run gets its own build cache, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FXOPT_CACHE_DIR", str(tmp_path_factory.mktemp("fxopt-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path_factory, monkeypatch):
+    """And every test its own, so no test is answered from another test's build."""
+    monkeypatch.setenv("FXOPT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     module = pytest.importorskip(MINILM_PACKAGE)

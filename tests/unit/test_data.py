@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ DIMS = {"batch": DimRange(min=1, max=8), "sequence": DimRange(min=2, max=16, opt
 
 
 def fake_tokenize(texts, length):
-    ids = torch.tensor([[hash(t) % 100] * length for t in texts])
+    """One id per text (crc32: stable across processes, unlike hash())."""
+    ids = torch.tensor([[zlib.crc32(t.encode()) % 1_000_003] * length for t in texts])
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 

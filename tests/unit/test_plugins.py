@@ -100,3 +100,38 @@ def test_unregister_drops_what_a_plugin_registered(monkeypatch):
     host.unregister("scale")
     assert "thirdparty.scale" not in host.passes
     assert "cleanup.dce" in host.passes
+
+
+def test_incompatible_hookspec_versions_are_isolated(monkeypatch):
+    with_entry_points(
+        monkeypatch,
+        old="tests.fixtures.plugins.old_hooks",
+        future="tests.fixtures.plugins.future_version",
+    )
+    host = load_plugins()
+    failures = {f.name: f.error for f in host.failures}
+    assert "fxopt_register_pass" in failures["old"] and "another version" in failures["old"]
+    assert "hookspec version 99, this fxopt has version 1" in failures["future"]
+    assert "future.pass" not in host.passes and "old.pass" not in host.passes
+    assert "cleanup.dce" in host.passes
+
+
+def test_autoload_can_be_disabled(monkeypatch):
+    with_entry_points(monkeypatch, scale="tests.fixtures.plugins.good")
+    monkeypatch.setenv("FXOPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    host = load_plugins()
+    assert "thirdparty.scale" not in host.passes
+    assert "cleanup.dce" in host.passes  # built-ins always load
+    assert "thirdparty.scale" in load_plugins(only=["scale"]).passes
+
+
+def test_unknown_plugin_name_is_an_error(monkeypatch, capsys):
+    result = run_cli(capsys, "passes", "--plugin", "nosuch")
+    assert_clean_failure(result, 2, "--plugin", "no installed plugin is named nosuch")
+
+
+def test_tracing(monkeypatch, capsys):
+    monkeypatch.setenv("FXOPT_TRACE_PLUGINS", "1")
+    load_plugins()
+    err = capsys.readouterr().err
+    assert "fxopt plugins: fxopt_register_passes [builtin-passes]" in err

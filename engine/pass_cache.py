@@ -1,0 +1,129 @@
+"""Per-pass results cache: the IR after each expensive pass, keyed by everything before it.
+
+The key of pass *i* hashes the model, data, plugin and version fingerprint of the build cache,
+the recipe's model/data/target/verify sections, and the names and configs of passes 0..i. A
+rerun that changes only a later pass (or only the lowering) resumes from the deepest cached
+result instead of recalibrating or retraining. Only passes that took at least
+``MIN_SECONDS`` are stored: re-running a cheap pass is faster than saving and loading a graph.
+
+The graph is stored as a ``torch.export`` archive. Custom ``node.meta`` entries do not survive
+the round trip, so a pass must not rely on another pass's metadata across a cache boundary;
+anything that fails to save or load is reported as a warning and recomputed, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .console import Output
+from .instruments import Instrument, PassRecord
+from .ir import ModelIR
+
+MIN_SECONDS = 1.0
+
+
+def prefix_keys(components: dict[str, Any]) -> list[str]:
+    """One key per pass: the inputs plus the recipe up to and including that pass."""
+    recipe = components["recipe"]
+    base = {k: v for k, v in components.items() if k != "recipe"}
+    base["recipe"] = {k: v for k, v in recipe.items() if k != "passes"}
+    keys, passes = [], []
+    for spec in recipe["passes"]:
+        passes.append(spec)
+        text = json.dumps({**base, "passes": passes}, sort_keys=True, separators=(",", ":"))
+        keys.append(hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return keys
+
+
+@dataclass
+class PassCache:
+    root: Path
+    keys: list[str]
+    output: Output
+    enabled: bool = True
+
+    def resume(self, ir: ModelIR) -> list[PassRecord]:
+        """Load the deepest cached result into ``ir``; return the records of its passes."""
+        if not self.enabled:
+            return []
+        for index in reversed(range(len(self.keys))):
+            entry = self.root / self.keys[index]
+            if not (entry / "state.json").is_file():
+                continue
+            try:
+                state = json.loads((entry / "state.json").read_text(encoding="utf-8"))
+                module = torch.export.load(str(entry / "ir.pt2")).module()
+            except Exception as exc:  # a damaged entry costs a recompute, nothing more
+                self.output.warn(f"pass cache entry {entry} unreadable ({exc}); recomputing")
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            _adopt(ir, module)
+            records = [PassRecord(**r) for r in state["records"]]
+            for record in records:
+                record.metrics = {**record.metrics, "cached": True}
+            self.output.step(f"reusing cached result of {index + 1} pass(es) ({records[-1].name})")
+            return records
+        return []
+
+    def instrument(self, done: list[PassRecord]) -> Instrument:
+        """Stores each expensive pass's result; ``done`` are the records resumed from cache."""
+        return _Store(self, done)
+
+    def store(self, index: int, ir: ModelIR, records: list[PassRecord]) -> None:
+        entry = self.root / self.keys[index]
+        if entry.exists():
+            return
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            program = torch.export.export(
+                ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+            )
+            torch.export.save(program, str(tmp / "ir.pt2"))
+            state = {"records": [_record_fields(r) for r in records]}
+            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            tmp.rename(entry)
+        except Exception as exc:
+            self.output.warn(f"could not cache the result of {records[-1].name}: {exc}")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Store(Instrument):
+    def __init__(self, cache: PassCache, done: list[PassRecord]) -> None:
+        self.cache = cache
+        self.records = list(done)
+
+    def after_pass(self, index, pass_, result, record) -> None:
+        self.records.append(record)
+        if record.seconds >= MIN_SECONDS:
+            self.cache.store(index, result.ir, self.records)
+
+
+def _adopt(ir: ModelIR, module: torch.fx.GraphModule) -> None:
+    """Swap the cached graph into ``ir``, under the model's own input names."""
+    nodes = [n for n in module.graph.nodes if n.op == "placeholder"]
+    for node, name in zip(nodes, ir.input_names, strict=True):
+        node.name = node.target = name
+    module.recompile()
+    ir.module = module
+    ir.invalidate()
+
+
+def _record_fields(record: PassRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "seconds": record.seconds,
+        "modified": record.modified,
+        "metrics": record.metrics,
+        "numerics": record.numerics,
+        "ops_before": record.ops_before,
+        "ops_after": record.ops_after,
+    }

@@ -1,0 +1,1 @@
+"""An example fxopt plugin: see plugin.py for the hooks."""

@@ -1,0 +1,375 @@
+"""The ``finetune`` pass: train the IR's module in place, then report what it gained.
+
+It sets up what :class:`~.trainer.Trainer` runs (objective, attack, perturbation site,
+data shards, device, autocast, checkpoints, plugin hooks), measures clean / robust accuracy
+and the objective's loss on the verification set before and after, and puts the figures in
+``PassResult.metrics``, which the report shows under the pass.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fxopt.engine.errors import DataError, RecipeError
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.pass_base import Pass, PassContext, PassResult
+
+from . import checkpoint
+from .config import FinetuneConfig
+from .distributed import check_divisible, current_world, process_group
+from .evaluation import accuracy, eval_config, mean_loss
+from .modes import GraphMode, move_graph, only_trainable, used_parameters
+from .objectives import Objective, check_labels, make_objective
+from .qat import QuantAware
+from .sites import Site, site_in
+from .trainer import Batch, Hooks, TrainData, Trainer
+
+ACCURACY_TASKS = ("sequence-classification", "image-classification")
+#: teacher outputs up to this size are computed once and kept; beyond, per step
+TEACHER_CACHE_BYTES = 1 << 30
+
+
+class Finetune(Pass):
+    """Fine-tune the graph: task loss or distillation, adversarial training, AMP, DDP."""
+
+    name = "finetune"
+    Config = FinetuneConfig
+    needs_data = ("finetune",)
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
+        config: FinetuneConfig = self.config  # type: ignore[assignment]
+        file = ctx.recipe.label
+        where = f"passes[{self._index(ctx)}].config"
+        host = ctx.plugins if ctx.plugins is not None else _default_host()
+        world = current_world()
+        device = _device(config, world, file, where)
+        amp = _amp(config, device, file, where)
+        batches = ctx.batches("finetune")
+        if not batches:
+            raise DataError(
+                "the fine-tune pass needs training data and the fine-tune set is empty",
+                file=file,
+                field="data.finetune",
+                fix="add a [data.finetune] table (source, path, samples, batch_size)",
+            )
+        objective = make_objective(config.objective, ir.meta.task, config.distill)
+        check_labels(objective, batches, file=file)
+        attack = None
+        if config.adversarial.method != "none":
+            attack_class = host.attacks.get(
+                config.adversarial.method, file=file, field=f"{where}.adversarial.method"
+            )
+            attack = attack_class(config.adversarial)
+        global_batch = config.batch_size or len(next(iter(batches[0].values())))
+        tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        samples = len(next(iter(tensors.values())))
+        check_divisible(world, samples, global_batch, file=file)
+        if config.tensorboard_dir is not None:
+            _check_tensorboard(file, where)
+
+        started = time.perf_counter()
+        metrics: dict[str, Any] = {"objective": config.objective, "world_size": world.size}
+        eval_batches = _limit(ctx.batches("verification"), config.eval_samples)
+        robust = config.eval_robust if config.eval_robust is not None else attack is not None
+        target = config.adversarial.target if attack is not None or robust else None
+        with ExitStack() as stack:
+            site = (
+                stack.enter_context(
+                    site_in(ir, target, file=file, field=f"{where}.adversarial.target")
+                )
+                if target is not None
+                else Site(ir.input_names)
+            )
+            if config.qat:
+                fake_quant = QuantAware(ir.module)
+                stack.callback(fake_quant.restore)
+                metrics["qat_fake_quant_nodes"] = fake_quant.count
+            if device.type != "cpu":
+                move_graph(ir.module, device)
+                stack.callback(move_graph, ir.module, torch.device("cpu"))
+            parameters = used_parameters(ir.module)
+            stack.enter_context(only_trainable(ir.module, set(parameters)))
+            mode = GraphMode(
+                ir.module, dropout=config.train_mode, batchnorm=config.batchnorm == "train"
+            )
+            teacher = _teacher(ctx, batches, tensors, objective)
+            evaluator = _Evaluator(ir, ctx, site, objective, eval_batches, device, amp, config)
+            metrics.update(evaluator.measure("before", robust))
+            stack.enter_context(process_group(world, device))
+            trainer = Trainer(
+                module=ir.module,
+                config=config,
+                objective=objective,
+                site=site,
+                attack=attack,
+                data=teacher,
+                world=world,
+                device=device,
+                amp=amp,
+                parameters=parameters,
+                mode=mode,
+                hooks=_hooks(host),
+                global_batch=global_batch,
+                recipe_hash=checkpoint.recipe_hash(ctx.recipe),
+                log=_logger(stack, config, world, ctx),
+            )
+            if config.early_stopping is not None and attack is not None:
+                _early_data(trainer, tensors, teacher, config, objective, device, file, where)
+            resumed = self._resume(trainer, ctx, config)
+            if resumed is not None:
+                metrics["resumed_from_step"] = resumed
+            train_started = time.perf_counter()
+            first_step = trainer.step
+            if world.is_main:
+                ctx.output.step(
+                    f"fine-tuning {trainer.total} steps ({samples} samples, batch {global_batch}"
+                    f"{f', {world.size} processes' if world.distributed else ''}"
+                    f"{f', attack {attack.name}' if attack else ''})"
+                )
+            with ctx.output.task("fine-tuning", trainer.total - first_step) as advance:
+                trainer.train(advance if world.is_main else lambda n=1, **_: None)
+            train_seconds = time.perf_counter() - train_started
+            metrics.update(evaluator.measure("after", robust))
+        metrics.update(_train_metrics(trainer, first_step, train_seconds, global_batch, mode))
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
+        return PassResult(
+            ir, modified=trainer.step > 0, preserved=frozenset({"parameter-count"}), metrics=metrics
+        )
+
+    def _index(self, ctx: PassContext) -> int:
+        for index, spec in enumerate(ctx.recipe.passes):
+            if spec.name == self.name and self.Config.model_validate(spec.config) == self.config:
+                return index
+        return 0
+
+    def _resume(self, trainer: Trainer, ctx: PassContext, config: FinetuneConfig) -> int | None:
+        base = (
+            ctx.recipe.resolve_path(config.checkpoint_dir)
+            if config.checkpoint_dir
+            else Path(ctx.cache_dir) / "finetune"
+        )
+        directory = checkpoint.checkpoint_dir(base, trainer.recipe_hash, self._index(ctx))
+        if config.checkpoint_every:
+            trainer.checkpoint_dir = directory
+        resume = getattr(ctx, "resume", None)
+        if resume is None:
+            return None
+        path = checkpoint.find(resume, directory)
+        if path is None:
+            ctx.output.warn(f"--resume: no checkpoint in {directory}; starting from step 0")
+            return None
+        trainer.restore(checkpoint.load(path, trainer.recipe_hash), path)
+        ctx.output.step(f"resuming from {path} (step {trainer.step})")
+        return trainer.step
+
+
+class _Evaluator:
+    """Clean / robust accuracy and the objective's loss on the verification set."""
+
+    def __init__(self, ir, ctx, site, objective, batches, device, amp, config) -> None:
+        self.ir, self.site, self.objective, self.config = ir, site, objective, config
+        self.device, self.amp = device, amp
+        self.batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        self.teacher = (
+            [[t.to(device) for t in ctx.reference(b)] for b in batches] if batches else []
+        )
+        has_labels = all("labels" in b for b in batches)
+        self.labels = (
+            [b["labels"] for b in self.batches]
+            if has_labels
+            else [t[0].argmax(dim=-1) for t in self.teacher]
+        )
+        self.label_source = "data" if has_labels else "original model"
+        generic_classifier = (
+            has_labels
+            and self.teacher[0][0].dim() == 2
+            and ir.meta.task not in ("sentence-embedding", "feature-extraction")
+        )
+        self.classifier = bool(batches) and (ir.meta.task in ACCURACY_TASKS or generic_classifier)
+
+    def forward(self, args):
+        context = torch.autocast(self.device.type, dtype=self.amp) if self.amp else ExitStack()
+        with context:
+            out = self.ir.module(*args)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def measure(self, when: str, robust: bool) -> dict[str, float]:
+        if not self.batches or not self.config.evaluate:
+            return {}
+        out: dict[str, float] = {}
+        objective = self.objective
+        if objective.kind == "distill" or not objective.needs_labels or "labels" in self.batches[0]:
+            out[f"eval_loss_{when}"] = round(
+                mean_loss(self.forward, self.site, self.batches, self._loss), 6
+            )
+        if self.classifier:
+            out[f"clean_accuracy_{when}"] = round(
+                accuracy(self.forward, self.site, self.batches, self.labels, None), 4
+            )
+            if robust:
+                attack = eval_config(self.config.adversarial, self.config.eval_pgd_steps)
+                out[f"robust_accuracy_{when}"] = round(
+                    accuracy(self.forward, self.site, self.batches, self.labels, attack), 4
+                )
+        return out
+
+    def _loss(self, outputs, batch: Batch, index: int) -> torch.Tensor:
+        return self.objective.loss(outputs, batch, self.teacher[index])
+
+
+def _default_host():
+    from fxopt.engine.plugin_host import load_plugins
+
+    return load_plugins()
+
+
+def _hooks(host) -> Hooks:
+    hook = host.pm.hook
+    return Hooks(
+        begin=hook.fxopt_train_step_begin,
+        end=hook.fxopt_train_step_end,
+        perturb=hook.fxopt_adversarial_perturb,
+    )
+
+
+def _device(config: FinetuneConfig, world, file: str, where: str) -> torch.device:
+    wanted = config.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":
+        if not torch.cuda.is_available():
+            raise RecipeError(
+                "device is 'cuda' but torch sees no CUDA device",
+                file=file,
+                field=f"{where}.device",
+                fix="use device = 'cpu' or 'auto'",
+            )
+        return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _amp(config: FinetuneConfig, device: torch.device, file: str, where: str):
+    if config.amp == "off":
+        return None
+    if config.amp == "auto":
+        return torch.bfloat16 if device.type == "cpu" else torch.float16
+    if config.amp == "fp16" and device.type == "cpu":
+        raise RecipeError(
+            "fp16 autocast needs a CUDA device; on CPU use bf16",
+            file=file,
+            field=f"{where}.amp",
+            fix='set amp = "bf16" (or "auto")',
+        )
+    return torch.bfloat16 if config.amp == "bf16" else torch.float16
+
+
+def _limit(batches: list[Batch], samples: int | None) -> list[Batch]:
+    if samples is None:
+        return batches
+    out, taken = [], 0
+    for batch in batches:
+        if taken >= samples:
+            break
+        size = len(next(iter(batch.values())))
+        out.append({k: v[: samples - taken] for k, v in batch.items()})
+        taken += min(size, samples - taken)
+    return out
+
+
+def _teacher(
+    ctx: PassContext, batches: list[Batch], tensors: dict[str, torch.Tensor], objective: Objective
+) -> TrainData:
+    """The original model's outputs on the fine-tune set: once, when they fit in memory."""
+    if not objective.needs_teacher:
+        return TrainData(tensors, None)
+    first = ctx.reference(batches[0])
+    per_batch = sum(t.numel() * t.element_size() for t in first)
+    if per_batch * len(batches) > TEACHER_CACHE_BYTES:
+        return TrainData(tensors, None, teacher_fn=ctx.reference)
+    outputs = [first] + [ctx.reference(b) for b in batches[1:]]
+    return TrainData(tensors, [torch.cat([o[i] for o in outputs]) for i in range(len(first))])
+
+
+def _early_data(trainer, tensors, data, config, objective, device, file, where) -> None:
+    """Fixed training batches for the robust-accuracy checks (as Wong et al. do)."""
+    rule = config.early_stopping
+    count = min(rule.batches * trainer.global_batch, data.size)
+    batch, teacher = data.batch(list(range(count)), device)
+    if "labels" in batch:
+        labels = batch["labels"]
+    elif teacher is not None and teacher[0].dim() == 2:
+        labels = teacher[0].argmax(dim=-1)
+    else:
+        raise RecipeError(
+            "early stopping on robust accuracy needs labels or a classifier to distill from",
+            file=file,
+            field=f"{where}.early_stopping",
+            fix="give the fine-tune set labels, or remove [early_stopping]",
+        )
+    size = trainer.global_batch
+    trainer.early_batches = [
+        {k: v[i : i + size] for k, v in batch.items()} for i in range(0, count, size)
+    ]
+    trainer.early_labels = [labels[i : i + size] for i in range(0, count, size)]
+
+
+def _check_tensorboard(file: str, where: str) -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise RecipeError(
+            "tensorboard_dir is set but the tensorboard package is not installed",
+            file=file,
+            field=f"{where}.tensorboard_dir",
+            fix="pip install 'fxopt[tensorboard]' (or tensorboard), or remove tensorboard_dir",
+        ) from None
+
+
+def _logger(stack: ExitStack, config: FinetuneConfig, world, ctx: PassContext):
+    if config.tensorboard_dir is None or not world.is_main:
+        return lambda step, values: None
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = stack.enter_context(
+        SummaryWriter(str(ctx.recipe.resolve_path(config.tensorboard_dir)))
+    )
+
+    def log(step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            writer.add_scalar(f"finetune/{key}", value, step)
+
+    return log
+
+
+def _train_metrics(trainer: Trainer, first_step: int, seconds: float, batch: int, mode) -> dict:
+    steps = trainer.step - first_step
+    losses = trainer.losses
+    out: dict[str, Any] = {
+        "steps": trainer.step,
+        "total_steps": trainer.total,
+        "loss_first": round(losses[0], 6) if losses else None,
+        "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 6) if losses else None,
+        "lr_last": trainer.lrs[-1] if trainer.lrs else None,
+        "train_seconds": round(seconds, 3),
+        "steps_per_second": round(steps / seconds, 3) if seconds > 0 and steps else None,
+        "samples_per_second": round(steps * batch / seconds, 2) if seconds > 0 and steps else None,
+        "amp": str(trainer.amp).removeprefix("torch.") if trainer.amp else "off",
+        "train_mode_nodes": mode.counts,
+    }
+    early = trainer.early
+    if early.history:
+        out["early_stopping"] = {
+            "stopped_at": early.stopped_at,
+            "reason": early.reason,
+            "best_step": early.best_step,
+            "best_robust_accuracy": round(early.best, 4),
+            "checks": [[s, round(v, 4)] for s, v in early.history],
+        }
+    elif early.stopped_at is not None:
+        out["early_stopping"] = {"stopped_at": early.stopped_at, "reason": early.reason}
+    return out

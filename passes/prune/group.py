@@ -1,0 +1,167 @@
+"""Groups: the units a pruning decision is taken for, with the parameters they slice.
+
+A group is a base index space (see :mod:`.spaces`) that at least one parameter is sliced
+along, directly or through a derived space: the FFN neurons of one layer (the intermediate
+Linear's rows and the output Linear's columns), the heads of one attention block (Q, K, V rows
+and the output projection's columns, in units of ``head_dim``), a conv's channels with the
+BatchNorm after it and every conv a residual add ties to them, or a transformer's hidden
+width (embeddings, every LayerNorm, every residual write).
+
+Its kind decides which ratio applies: ``heads``, ``ffn``, ``conv``, ``hidden`` (a width that
+a LayerNorm or an embedding spans); ``head_dim`` and ``other`` groups are never pruned.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from .dims import Dim
+from .spaces import Spaces
+
+KINDS = ("ffn", "heads", "conv", "hidden")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A parameter sliced along ``axis`` by the indices its space keeps."""
+
+    attr: str
+    axis: int
+    space: int
+
+
+@dataclass
+class Group:
+    id: int
+    name: str
+    kind: str
+    #: units (channels, or heads)
+    size: int
+    #: channels per unit (``head_dim`` for heads, else 1)
+    unit: int
+    slices: list[Slice] = field(default_factory=list)
+    #: module paths whose outputs are this group's channels
+    producers: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    unsafe: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.fixed and not self.unsafe
+
+    @property
+    def parameters(self) -> list[str]:
+        return sorted({s.attr for s in self.slices})
+
+    def matches(self, pattern: str) -> bool:
+        """``pattern`` (fnmatch) names this group, one of its producers or their parameters."""
+        names = [self.name, *self.producers]
+        names += [s.attr for s in self.slices if _module(s.attr) in self.producers]
+        return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "unit": self.unit}
+
+
+def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
+    """One group per concrete base space that some parameter is sliced along, in the order
+    of their first producing parameter (layer order)."""
+    slices_of: dict[int, list[Slice]] = {}
+    derived_of: dict[int, list[int]] = {}
+    for space in spaces:
+        for base in spaces.bases(space.id):
+            derived_of.setdefault(base, []).append(space.id)
+        for dim in space.attr_dims:
+            for base in spaces.bases(space.id):
+                slices_of.setdefault(base, []).append(Slice(dim.attr, dim.axis, space.id))
+    head_dims = _head_dims(spaces)
+    groups = []
+    for space in spaces:
+        if space.definition is not None or not space.concrete or space.size <= 1:
+            continue
+        slices = slices_of.get(space.id)
+        if not slices:
+            continue
+        related = [spaces[s] for s in derived_of.get(space.id, [])]
+        producers = _unique(
+            _module(d.attr) for s in related for d in s.attr_dims if d in producer_dims
+        )
+        tags = set().union(*(s.tags for s in related))
+        fixed = space.fixed_reasons
+        if not producers:
+            fixed = [*fixed, "no layer produces these channels"]
+        kind = "head_dim" if space.id in head_dims else _kind(space.tags, tags)
+        groups.append(
+            Group(
+                id=space.id,
+                name=_name(kind, producers, slices),
+                kind=kind,
+                size=int(space.size),
+                unit=spaces.unit_width(space.id) if kind == "heads" else 1,
+                slices=slices,
+                producers=producers,
+                fixed=fixed,
+                unsafe=space.unsafe_reasons,
+            )
+        )
+    order = {d.attr: i for i, d in reversed(list(enumerate(spaces.of_dim))) if d.attr}
+    return sorted(groups, key=lambda g: _position(g, order))
+
+
+def _position(group: Group, order: dict[str, int]) -> int:
+    """Where the group's first producer sits among the parameters (layer order)."""
+    owned = [order[s.attr] for s in group.slices if _module(s.attr) in group.producers]
+    return min(owned, default=len(order))
+
+
+def _head_dims(spaces: Spaces) -> set[int]:
+    """Minor factors of a product whose major factor is attention heads."""
+    found = set()
+    for space in spaces:
+        if space.definition and space.definition[0] == "product":
+            parts = space.definition[1]
+            for i, part in enumerate(parts):
+                if any("heads" in spaces[p].tags for p in parts[:i]):
+                    found.add(part)
+    return found
+
+
+def _kind(own: set[str], related: set[str]) -> str:
+    if "heads" in own:
+        return "heads"
+    if related & {"norm", "embedding"}:
+        return "hidden"
+    if "conv" in related:
+        return "conv"
+    if "linear" in related:
+        return "ffn"
+    return "other"
+
+
+def _name(kind: str, producers: list[str], slices: list[Slice]) -> str:
+    if kind == "heads" and len(producers) > 1:
+        prefix = _common_module(producers)
+        if prefix:
+            return prefix
+    if producers:
+        return producers[0]
+    return _module(slices[0].attr)
+
+
+def _common_module(paths: list[str]) -> str:
+    """``a.b.query``, ``a.b.key`` -> ``a.b``."""
+    common = []
+    for names in zip(*(p.split(".") for p in paths), strict=False):
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return ".".join(common)
+
+
+def _module(attr: str) -> str:
+    return attr.rpartition(".")[0] or attr
+
+
+def _unique(items) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,114 @@
+"""Importance criteria: a score per unit of each group; the lowest-scoring units go.
+
+- ``l1`` / ``l2``: magnitude of every parameter slice of the unit (``sum |w|``, ``sum w^2``),
+  each slice normalized by its mean over the group, so a LayerNorm's weights weigh as much as
+  a Linear's rows. Running statistics (buffers) do not count.
+- ``taylor``: first-order Taylor expansion of removing the whole unit, ``sum(grad * w)`` over
+  all its parameters, from gradients on the calibration data. With integer labels on a
+  classifier the loss is cross-entropy; otherwise (embeddings, regression) it is a random
+  projection of the outputs, so the score estimates ``E ||J w||^2``, how far the outputs move
+  when the unit is zeroed. Squared per batch and summed over batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fxopt.engine.data import Batch
+
+from .graph import DependencyGraph
+from .group import Group
+
+CRITERIA = ("l1", "l2", "taylor")
+
+
+def magnitude(
+    module: torch.nn.Module, deps: DependencyGraph, groups: Sequence[Group], power: int
+) -> dict[int, np.ndarray]:
+    params = dict(module.named_parameters())
+    scores = {}
+    for group in groups:
+        total = np.zeros(group.size)
+        for piece in group.slices:
+            weight = params.get(piece.attr)
+            if weight is None:
+                continue
+            per_index = _per_index(weight.detach().float().abs().pow(power), piece.axis)
+            projected = deps.spaces.project(piece.space, per_index, group.id)
+            mean = projected.mean()
+            total += projected / mean if mean > 0 else projected
+        scores[group.id] = total
+    return scores
+
+
+def taylor(
+    module: torch.nn.Module,
+    deps: DependencyGraph,
+    groups: Sequence[Group],
+    batches: Sequence[Batch],
+    input_names: Sequence[str],
+    advance: Callable[[int], None] = lambda n: None,
+) -> dict[int, np.ndarray]:
+    params = dict(module.named_parameters())
+    used = sorted({p.attr for g in groups for p in g.slices if p.attr in params})
+    tensors = [params[name] for name in used]
+    saved = [t.requires_grad for t in tensors]
+    scores = {g.id: np.zeros(g.size) for g in groups}
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for t in tensors:
+            t.requires_grad_(True)
+        for batch in batches:
+            with torch.enable_grad():
+                out = module(*(batch[name] for name in input_names))
+                outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+                loss = _loss(outputs, batch, generator)
+                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            products = {
+                name: (g * t).detach().double() if g is not None else None
+                for name, t, g in zip(used, tensors, grads, strict=True)
+            }
+            for group in groups:
+                scores[group.id] += _removal_effect(deps, group, products) ** 2
+            advance(1)
+    finally:
+        for t, flag in zip(tensors, saved, strict=True):
+            t.requires_grad_(flag)
+    return scores
+
+
+def _removal_effect(deps: DependencyGraph, group: Group, products: dict) -> np.ndarray:
+    """First-order change of the loss when each unit's parameters are zeroed."""
+    total = np.zeros(group.size)
+    for piece in group.slices:
+        product = products.get(piece.attr)
+        if product is not None:
+            total += deps.spaces.project(piece.space, _per_index(product, piece.axis), group.id)
+    return total
+
+
+def _per_index(values: torch.Tensor, axis: int) -> np.ndarray:
+    other = tuple(i for i in range(values.dim()) if i != axis)
+    summed = values.sum(dim=other) if other else values
+    return summed.double().numpy()
+
+
+def _loss(outputs: list, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    first = outputs[0]
+    labels = batch.get("labels")
+    if (
+        labels is not None
+        and first.dim() == 2
+        and not labels.dtype.is_floating_point
+        and labels.shape == first.shape[:1]
+    ):
+        return torch.nn.functional.cross_entropy(first.float(), labels)
+    loss = first.new_zeros(())
+    for out in outputs:
+        if isinstance(out, torch.Tensor) and out.dtype.is_floating_point:
+            direction = torch.randn(out.shape, generator=generator).to(out.dtype)
+            loss = loss + (out * direction).sum()
+    return loss

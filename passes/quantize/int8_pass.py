@@ -1,0 +1,294 @@
+"""``quantize.int8``: post-training static int8 as explicit Q/DQ in the graph.
+
+torchao's pt2e flow with our :class:`~.quantizer.Int8Quantizer`: ``prepare`` inserts
+observers at the inputs of the selected ops, the recipe's calibration set runs through the
+graph (a progress bar), ``convert`` turns observers into quantize/dequantize ops and weights
+into int8 constants. Optional steps around it: the outlier-channel split before prepare, the
+accuracy-aware choice of float layers after it, and the calibration cache that skips the
+data entirely on a rerun. Backends lower the Q/DQ form: ONNX Runtime fuses it into int8
+MatMuls, the torch backend's inductor into oneDNN int8 kernels, TensorRT reads it as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch.fx import GraphModule
+
+from fxopt.engine.errors import DataError, RecipeError
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.pass_base import Pass, PassContext, PassResult
+from fxopt.engine.registry import Registry
+
+from .cache import Calibration, CalibrationCache, cache_key
+from .calibrate import Inputs, calibration_inputs, convert, import_torchao, observe, prepare
+from .channel_stats import channel_absmax
+from .config import Int8Config
+from .graph_edit import module_name
+from .observers import BUILTIN_OBSERVERS, ObserverOptions
+from .op_kinds import Scales, candidates, kind_of
+from .outliers import outlier_candidates, pick_outliers, split_outliers
+from .sensitivity import Selection, select_float_layers
+
+
+class QuantizeInt8(Pass):
+    name = "quantize.int8"
+    Config = Int8Config
+    needs_data = ("calibration",)
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
+        config: Int8Config = self.config
+        label = ctx.recipe.label
+        batches = ctx.batches("calibration")
+        if not batches:
+            raise DataError(
+                "the calibration set is empty",
+                file=label,
+                field="data.calibration",
+                fix="point [data.calibration] at data with at least batch_size samples",
+            )
+        import_torchao()
+        base = ir.module
+        notes = _check_selection(base, config, label, ctx)
+        observer_for = _observers(config, ctx, label)
+        inputs = calibration_inputs(ir, batches, config.trim_padding)
+        cache = CalibrationCache(ctx.cache_dir / "calibration", ctx.output, config.cache)
+        key = cache_key(base, inputs, _settings(config, ctx))
+        started = time.perf_counter()
+        calibration = cache.load(key)
+        if calibration is not None and (missing := calibration.missing_nodes(base)):
+            stale = f"stale calibration cache (unknown nodes {missing[:3]}); recalibrating"
+            cache.discard(key, stale)
+            calibration = None
+        state = "hit" if calibration is not None else ("miss" if config.cache else "off")
+        builder = _Builder(base, config, inputs)
+        if calibration is None:
+            calibration, converted = self._calibrate(builder, observer_for, ir, ctx)
+            cache.store(key, calibration)
+        else:
+            ctx.output.step(f"calibration cache hit ({len(calibration.scales)} scales)")
+            converted = builder.build(
+                calibration.outliers, calibration.scales, keep_float=set(calibration.float_layers)
+            )
+        ir.module = converted.module
+        metrics = {
+            "activations": config.activations,
+            "observer": config.observer,
+            "quantized": len(converted.quantizer.annotated),
+            "quantized_ops": dict(Counter(converted.kinds.values())),
+            "skipped": converted.quantizer.skipped,
+            "unsupported": [u.to_json() for u in converted.quantizer.unsupported],
+            "outlier_channels": {
+                calibration.layers.get(n, n): c for n, c in calibration.outliers.items()
+            },
+            "calibration": {
+                "batches": len(inputs),
+                "samples": sum(len(args[0]) for args in inputs),
+                "seconds": round(time.perf_counter() - started, 3),
+                "cache": state,
+                "key": key[:16],
+            },
+            **notes,
+        }
+        if config.accuracy_aware:
+            metrics["float_layers"] = {
+                calibration.layers.get(n, n): cost for n, cost in calibration.float_layers.items()
+            }
+        for item in converted.quantizer.unsupported:
+            ctx.output.warn(f"{item.module or item.node} ({item.op}) stays in float: {item.reason}")
+        return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
+
+    def _calibrate(
+        self, builder: _Builder, observer_for, ir: ModelIR, ctx: PassContext
+    ) -> tuple[Calibration, _Built]:
+        config: Int8Config = self.config
+        outliers: dict[str, list[int]] = {}
+        if config.outlier_split:
+            outliers = builder.find_outliers(ctx)
+        with ctx.output.task(f"calibrating ({config.observer})", len(builder.inputs)) as advance:
+            built = builder.build(outliers, None, observer_for=observer_for, advance=advance)
+        calibration = Calibration(
+            scales=built.scales, layers=dict(built.quantizer.annotated), outliers=outliers
+        )
+        if config.accuracy_aware:
+            selection = self._select(builder, calibration, ir, ctx)
+            calibration.float_layers = selection.costs
+            calibration.info["accuracy_aware"] = {
+                "metrics": selection.metrics,
+                "evaluations": selection.evaluations,
+            }
+            if selection.float_layers:
+                built = builder.build(
+                    outliers, calibration.scales, keep_float=set(selection.float_layers)
+                )
+        return calibration, built
+
+    def _select(
+        self, builder: _Builder, calibration: Calibration, ir: ModelIR, ctx: PassContext
+    ) -> Selection:
+        layers = list(calibration.layers)
+
+        def measure(only: frozenset[str] | None, keep: frozenset[str]) -> dict[str, float]:
+            built = builder.build(
+                calibration.outliers, calibration.scales, only=only, keep_float=keep
+            )
+            return ctx.evaluate(dataclasses.replace(ir, module=built.module, _analyses={}))
+
+        # all quantized, the float graph, one per layer, the float-limit check, a binary search
+        total = len(layers) + 3 + max(len(layers), 1).bit_length()
+        with ctx.output.task("measuring layer sensitivity", total) as advance:
+            return select_float_layers(
+                layers,
+                measure,
+                ctx.recipe.verify,
+                max_float=self.config.max_float_layers,
+                advance=advance,
+                label=ctx.recipe.label,
+            )
+
+
+@dataclasses.dataclass
+class _Built:
+    module: GraphModule
+    quantizer: Any  # an Int8Quantizer, after annotate
+    scales: Scales
+    kinds: dict[str, str]
+
+
+@dataclasses.dataclass
+class _Builder:
+    """Builds quantized graphs from the float graph, which it never modifies."""
+
+    base: GraphModule
+    config: Int8Config
+    inputs: list[Inputs]
+
+    def find_outliers(self, ctx: PassContext) -> dict[str, list[int]]:
+        config = self.config
+        gm = copy.deepcopy(self.base)
+        nodes = [
+            n
+            for n in outlier_candidates(list(gm.graph.nodes))
+            if _matches(module_name(n), config.outlier_layers)
+            and not _matches(module_name(n), config.skip)
+        ]
+        with ctx.output.task("finding outlier channels", len(self.inputs)) as advance:
+            stats = channel_absmax(gm, nodes, self.inputs, advance)
+        picked = {
+            name: pick_outliers(absmax, config.outlier_threshold, config.outlier_max_channels)
+            for name, absmax in stats.items()
+        }
+        return {name: channels for name, channels in picked.items() if channels}
+
+    def build(
+        self,
+        outliers: dict[str, list[int]],
+        fixed: Scales | None,
+        *,
+        observer_for: Callable[[str], Any] | None = None,
+        only: frozenset[str] | None = None,
+        keep_float: set[str] | frozenset[str] = frozenset(),
+        advance: Callable[[int], None] = lambda n: None,
+    ) -> _Built:
+        """Quantize a copy of the float graph: observe ``inputs`` when ``fixed`` is None,
+        else use the given scales (one batch still runs, for the weight observers)."""
+        from .quantizer import Int8Quantizer, read_scales
+
+        config = self.config
+        gm = copy.deepcopy(self.base)
+        split_outliers(gm, outliers)
+        quantizer = Int8Quantizer(
+            ops=tuple(config.ops),
+            form=config.activations,
+            observer_for=observer_for,
+            skip=tuple(config.skip),
+            fixed=fixed,
+            only=only,
+            keep_float=frozenset(keep_float),
+        )
+        prepared = prepare(gm, quantizer)
+        observe(prepared, self.inputs if fixed is None else self.inputs[:1], advance)
+        scales = read_scales(prepared, quantizer.annotated) if fixed is None else fixed
+        kinds = {n.name: kind_of(n) for n in prepared.graph.nodes if n.name in quantizer.annotated}
+        return _Built(convert(prepared), quantizer, scales, kinds)
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _check_selection(
+    gm: GraphModule, config: Int8Config, label: str, ctx: PassContext
+) -> dict[str, Any]:
+    """Refuse patterns that match nothing; note op kinds the graph does not have."""
+    nodes = candidates(gm.graph.nodes, config.ops)
+    names = [module_name(n) or n.name for n in nodes]
+    for field, patterns in (
+        ("skip", config.skip),
+        ("observer_overrides", list(config.observer_overrides)),
+        ("outlier_layers", config.outlier_layers if config.outlier_split else []),
+    ):
+        for pattern in patterns:
+            if not _matches_any(pattern, names):
+                more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+                shown = ", ".join(names[:8]) + more
+                raise RecipeError(
+                    f"{field} pattern {pattern!r} matches no {'/'.join(config.ops)} module; "
+                    f"candidates: {shown or 'none'}",
+                    file=label,
+                    field=f"config.{field}",
+                    fix="patterns are fnmatch globs on these names ('*' crosses dots: "
+                    "'*.output.dense' also matches 'attention.output.dense')",
+                )
+    found = {kind_of(n) for n in nodes}
+    absent = [kind for kind in config.ops if kind not in found]
+    for kind in absent:
+        ctx.output.warn(f"quantize.int8: the graph has no {kind} op to quantize")
+    return {"absent_op_kinds": absent} if absent else {}
+
+
+def _matches_any(pattern: str, names: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def _observers(config: Int8Config, ctx: PassContext, label: str) -> Callable[[str], Any]:
+    """``module name -> observer constructor``; one constructor object per observer name,
+    so ops reading the same tensor share one observer."""
+    registry = getattr(ctx.plugins, "observers", None) if ctx.plugins is not None else None
+    if registry is None:
+        registry = Registry("observer")
+        for name, factory in BUILTIN_OBSERVERS.items():
+            registry.register(name, factory)
+    options = ObserverOptions(percentile=config.percentile)
+    wanted = {"observer": config.observer} | {
+        f"observer_overrides.{p}": name for p, name in config.observer_overrides.items()
+    }
+    made = {}
+    for field, name in wanted.items():
+        if name not in made:
+            made[name] = registry.get(name, file=label, field=f"config.{field}")(options)
+
+    def observer_for(module: str) -> Any:
+        chosen = config.observer
+        for pattern, name in config.observer_overrides.items():
+            if fnmatch.fnmatchcase(module, pattern):
+                chosen = name
+        return made[chosen]
+
+    return observer_for
+
+
+def _settings(config: Int8Config, ctx: PassContext) -> dict[str, Any]:
+    """What the cache key covers besides graph and data: the config, and in accuracy-aware
+    mode the budget and the verification data's description."""
+    settings: dict[str, Any] = {"config": config.model_dump(exclude={"cache"})}
+    if config.accuracy_aware:
+        settings["verify"] = ctx.recipe.verify.model_dump()
+        settings["verification"] = ctx.recipe.data.verification.model_dump()
+    return settings

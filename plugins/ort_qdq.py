@@ -1,0 +1,217 @@
+"""Rewrite an exported Q/DQ graph into the layout ONNX Runtime's int8 CPU kernels fuse.
+
+The exporter writes each quantized linear as
+``DequantizeLinear(W int8 [out, in], axis=0) -> Transpose(perm=[1, 0]) -> MatMul`` (or, for
+2-D inputs, ``Gemm(transB=1)``). ONNX Runtime's QDQ selectors fuse a ``DequantizeLinear``
+only when it feeds a MatMul directly (its Gemm selector wanted more than we give it: no fusion
+was seen), so the transpose is folded into the initializer (``W^T [in, out]``, ``axis=1``)
+and a Gemm becomes MatMul + Add.
+Its x86 kernels (``MatMulIntegerToFloat``, ``QLinearMatMul``) take the fast path only for
+*uint8* activations; a symmetric int8 activation (zero point 0) is exactly a uint8 one with
+zero point 128, so activation Q/DQ pairs with int8 zero points are moved to uint8. Neither
+step changes the numbers the graph computes.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: ONNX Runtime fusions to turn off for Q/DQ graphs: MatMulAddFusion folds a 2-D MatMul + Add
+#: back into a Gemm before the QDQ fusions run, and the DQ -> Gemm form stays unfused
+DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+#: the fused int8 ops ONNX Runtime's CPU provider turns Q/DQ MatMuls and Gemms into
+FUSED_MATMUL_OPS = ("MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul")
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def rewrite_file(path: Path) -> dict[str, int] | None:
+    """Rewrite the ONNX file at ``path`` (external data kept next to it) when it holds Q/DQ;
+    ``None`` (and the file untouched) when it does not."""
+    if not has_qdq(onnx.load(str(path), load_external_data=False)):
+        return None
+    model = onnx.load(str(path))
+    stats = rewrite_for_ort(model)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    return stats
+
+
+def rewrite_for_ort(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite ``model`` in place (see the module docstring); returns what changed."""
+    stats: collections.Counter[str] = collections.Counter()
+    stats["weight_transposes_folded"] = _fold_weight_transposes(model.graph)
+    stats["activations_to_uint8"] = _activations_to_uint8(model.graph)
+    _drop_unused_initializers(model.graph)
+    return dict(stats)
+
+
+def _fold_weight_transposes(graph: onnx.GraphProto) -> int:
+    """``DQ(W) -> Transpose -> MatMul`` and ``Gemm(x, DQ(W), b, transB=1)`` (the exporter's
+    form for 2-D inputs) both become ``MatMul(x, DQ(W^T, axis 1))`` (+ ``Add(b)``)."""
+    inits = {i.name: i for i in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    consumers = _consumers(graph.node)
+
+    def weight_dq(name: str) -> onnx.NodeProto | None:
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            return None
+        if len(consumers[dq.output[0]]) != 1 or len(inits[dq.input[0]].dims) != 2:
+            return None
+        return dq
+
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type == "Transpose" and _ints(node, "perm") == [1, 0]:
+            dq = weight_dq(node.input[0])
+            if dq is None:
+                continue
+            replacement = [_transposed_dq(graph, inits, dq, node.output[0])]
+        elif node.op_type == "Gemm" and _is_plain_linear(node):
+            dq = weight_dq(node.input[1])
+            if dq is None:
+                continue
+            replacement = _gemm_as_matmul(graph, inits, dq, node)
+        else:
+            continue
+        at = list(graph.node).index(node)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(at + offset, new)
+        graph.node.remove(node)
+        graph.node.remove(dq)
+        folded += 1
+    return folded
+
+
+def _transposed_dq(
+    graph: onnx.GraphProto, inits: dict, dq: onnx.NodeProto, output: str
+) -> onnx.NodeProto:
+    """A DequantizeLinear of a new ``W^T`` initializer, its channel axis flipped."""
+    weight = numpy_helper.to_array(inits[dq.input[0]])
+    name = _free_name(inits, dq.input[0] + "_transposed")
+    new_weight = numpy_helper.from_array(np.ascontiguousarray(weight.T), name)
+    graph.initializer.append(new_weight)
+    inits[name] = new_weight
+    return helper.make_node(
+        "DequantizeLinear",
+        [name, *dq.input[1:]],
+        [output],
+        name=(dq.name or dq.output[0]) + "_transposed",
+        axis=1 - _int(dq, "axis", 1),
+    )
+
+
+def _is_plain_linear(gemm: onnx.NodeProto) -> bool:
+    """``y = x W^T + b``: transB=1, no transA, alpha = beta = 1."""
+    floats = {a.name: a.f for a in gemm.attribute if a.name in ("alpha", "beta")}
+    return (
+        _int(gemm, "transB", 0) == 1
+        and _int(gemm, "transA", 0) == 0
+        and floats.get("alpha", 1.0) == 1.0
+        and floats.get("beta", 1.0) == 1.0
+    )
+
+
+def _gemm_as_matmul(
+    graph: onnx.GraphProto, inits: dict, dq: onnx.NodeProto, gemm: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    has_bias = len(gemm.input) > 2 and gemm.input[2] != ""
+    product = gemm.output[0] + "_matmul" if has_bias else gemm.output[0]
+    weight = _transposed_dq(graph, inits, dq, dq.output[0] + "_transposed")
+    nodes = [weight, helper.make_node("MatMul", [gemm.input[0], weight.output[0]], [product])]
+    if has_bias:
+        nodes.append(helper.make_node("Add", [product, gemm.input[2]], [gemm.output[0]]))
+    return nodes
+
+
+def _activations_to_uint8(graph: onnx.GraphProto) -> int:
+    """Q/DQ of activations with an int8 zero-point initializer -> uint8, zero point + 128.
+
+    Weight DequantizeLinears (data input is an initializer) keep int8; a zero-point
+    initializer they share with activations is never edited in place, a uint8 twin is added;
+    the declared type of each rewritten QuantizeLinear's output follows.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    twins: dict[str, str] = {}
+    retyped: set[str] = set()
+    moved = 0
+    for node in graph.node:
+        if node.op_type not in QDQ_OPS or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            continue
+        zero_point = numpy_helper.to_array(inits[node.input[2]])
+        if zero_point.dtype != np.int8:
+            continue
+        if node.input[2] not in twins:
+            name = _free_name(inits, node.input[2] + "_uint8")
+            twin = numpy_helper.from_array(
+                (zero_point.astype(np.int16) + 128).astype(np.uint8), name
+            )
+            graph.initializer.append(twin)
+            inits[name] = twin
+            twins[node.input[2]] = name
+        node.input[2] = twins[node.input[2]]
+        if node.op_type == "QuantizeLinear":
+            retyped.add(node.output[0])
+        moved += 1
+    for value in [*graph.value_info, *graph.output]:
+        if value.name in retyped:
+            value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    return moved
+
+
+def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type an (ONNX Runtime optimized) model holds."""
+    return dict(collections.Counter(n.op_type for n in model.graph.node))
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _consumers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in nodes:
+        for name in node.input:
+            out[name].append(node)
+    return out
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
+    attr = next((a for a in node.attribute if a.name == name), None)
+    return list(attr.ints) if attr is not None else None
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    attr = next((a for a in node.attribute if a.name == name), None)
+    return attr.i if attr is not None else default
+
+
+def _free_name(taken: dict, base: str) -> str:
+    name, index = base, 0
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    return name

@@ -1,0 +1,101 @@
+"""ONNX Runtime lowering of Q/DQ graphs: the layout its int8 kernels fuse, checked on the
+optimized graph ONNX Runtime itself writes (``model.ort.onnx``), not only on outputs."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from fxopt.passes.quantize import Int8Config, QuantizeInt8
+from fxopt.plugins.ort_backend import OnnxRuntimeBackend
+from fxopt.plugins.ort_qdq import FUSED_MATMUL_OPS, rewrite_for_ort
+from tests.passes.quantize_support import TwoBranch, batches, context, make_ir
+
+
+def exported_layout() -> onnx.ModelProto:
+    """What the exporter writes for one quantized linear: an int8 activation Q/DQ pair and
+    ``DequantizeLinear(W [out, in], axis 0) -> Transpose -> MatMul``."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, size=(3, 4)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array([0.01, 0.02, 0.03], np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(3, np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"], axis=0),
+        helper.make_node("Transpose", ["wd"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["xd", "wt"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        inits,
+        value_info=[helper.make_tensor_value_info("xq", TensorProto.INT8, [2, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def run_plain(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    return session.run(None, {"x": x})[0]
+
+
+def test_rewrite_folds_the_transpose_and_moves_activations_to_uint8():
+    model = exported_layout()
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    before = run_plain(model, x)
+    stats = rewrite_for_ort(model)
+    assert stats == {"weight_transposes_folded": 1, "activations_to_uint8": 2}
+    ops = [n.op_type for n in model.graph.node]
+    assert "Transpose" not in ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    [weight_dq] = [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    ]
+    assert inits[weight_dq.input[0]].shape == (4, 3)
+    assert [a.i for a in weight_dq.attribute if a.name == "axis"] == [1]
+    act_zps = {n.input[2] for n in model.graph.node if n.input[0] not in inits and len(n.input) > 2}
+    assert [(inits[z].dtype, int(inits[z])) for z in act_zps] == [(np.uint8, 128)]
+    assert np.array_equal(run_plain(model, x), before)  # the same numbers, bit for bit
+
+
+def test_every_quantized_linear_runs_as_a_fused_int8_matmul(tmp_path):
+    ir = make_ir(TwoBranch())
+    result = QuantizeInt8(Int8Config()).run(ir, context(ir, tmp_path / "cache"))
+    quantized = result.metrics["quantized"]
+    out = tmp_path / "out"
+    out.mkdir()
+    backend = OnnxRuntimeBackend()
+    artifact = backend.lower(ir, out)
+    assert artifact.info["qdq_rewrite"]["weight_transposes_folded"] == quantized == 3
+
+    exported = onnx.load(str(out / "model.onnx"))
+    producers = {o: n for n in exported.graph.node for o in n.output}
+    for node in exported.graph.node:
+        if node.op_type == "Transpose":
+            assert producers[node.input[0]].op_type != "DequantizeLinear"
+
+    optimized = onnx.load(str(out / "model.ort.onnx"))
+    counts = collections.Counter(n.op_type for n in optimized.graph.node)
+    assert sum(counts[op] for op in FUSED_MATMUL_OPS) == quantized, counts
+    assert counts["DequantizeLinear"] == 0 and counts["MatMul"] == 0, counts
+
+    x = batches(seed=2)[0]["x"]
+    with torch.no_grad():
+        expected = ir.module(x)[0].numpy()
+    got = backend.load(out, artifact).run({"x": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()

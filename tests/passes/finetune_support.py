@@ -1,0 +1,172 @@
+"""Helpers of the ``finetune`` tests: the digits CNN, recipes, and a pass context.
+
+The digits model and data come from ``examples/digits/digits_model.py`` (the script the
+shipped recipe documents), loaded by path so tests and users build the very same model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import textwrap
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from fxopt.engine.capture import capture, effective_dims, effective_inputs
+from fxopt.engine.console import Output
+from fxopt.engine.data import DataContext, build_splits
+from fxopt.engine.pass_base import PassContext
+from fxopt.engine.pipeline import RunOptions, load_model
+from fxopt.engine.plugin_host import load_plugins
+from fxopt.engine.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_SCRIPT = ROOT / "examples" / "digits" / "digits_model.py"
+
+
+@cache
+def digits_module():
+    spec = importlib.util.spec_from_file_location("fxopt_digits_example", DIGITS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one thread is faster than two fighting for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """``digits.npz`` + ``model.pt2``: a small CNN trained (plainly) on 512 images."""
+    torch.set_num_threads(1)
+    return digits_module().build(tmp_path_factory.mktemp("digits"), train=512, epochs=8, width=8)
+
+
+DIGITS_RECIPE = """
+schema_version = 1
+
+[model]
+path = "{model}"
+task = "image-classification"
+
+[model.inputs.x]
+dtype = "float32"
+shape = ["batch", 1, 8, 8]
+low = 0.0
+high = 1.0
+
+[model.dims.batch]
+min = 1
+opt = 32
+max = 512
+
+[data.finetune]
+source = "npz"
+path = "{data}"
+samples = {samples}
+batch_size = {batch_size}
+
+[data.verification]
+source = "npz"
+path = "{data}"
+samples = {verify}
+batch_size = 128
+
+[[passes]]
+name = "finetune"
+
+[passes.config]
+{config}
+
+[target]
+backend = "torch"
+
+[target.options]
+onnx = false
+
+[verify]
+min_cosine = -1.0
+latency = false
+pass_samples = 0
+"""
+
+
+def digits_recipe(
+    directory: Path,
+    digits: Path,
+    config: str,
+    *,
+    samples: int = 512,
+    batch_size: int = 64,
+    verify: int = 256,
+    name: str = "recipe.toml",
+) -> Path:
+    """A recipe fine-tuning the digits CNN; ``config`` is the body of ``[passes.config]``,
+    whose sub-tables may be written short (``[adversarial]``)."""
+    config = re.sub(
+        r"^\[(\w+)\]$", r"[passes.config.\1]", textwrap.dedent(config).strip(), flags=re.M
+    )
+    body = DIGITS_RECIPE.format(
+        model=digits / "model.pt2",
+        data=digits / "digits.npz",
+        samples=samples,
+        batch_size=batch_size,
+        verify=verify,
+        config=config,
+    )
+    path = directory / name
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def prepare(recipe_path: Path, host=None, *, resume: str | None = None, cache_dir=None):
+    """Load, capture and build the data as ``optimize`` does; returns (ir, ctx, pass)."""
+    host = host or load_plugins()
+    recipe = load_recipe(recipe_path)
+    from fxopt.engine.plan import bind
+
+    plan = bind(recipe, host)
+    loaded = load_model(host, recipe, recipe.resolve_path(recipe.model.path), RunOptions())
+    specs = effective_inputs(loaded, recipe.model, recipe.label)
+    loaded.inputs = specs
+    loaded.dims = effective_dims(loaded, recipe.model, specs, recipe.label)
+    splits = build_splits(
+        recipe,
+        host.datasets,
+        lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
+    )
+    ir = capture(loaded, specs, loaded.dims, source=str(recipe.model.path))
+
+    def reference(feeds):
+        with torch.no_grad():
+            return list(loaded.module(*(feeds[s.name] for s in specs)))
+
+    ctx = PassContext(
+        recipe=recipe,
+        batches=lambda split: splits.get(split, []),
+        reference=reference,
+        evaluate=lambda ir: {},
+        cache_dir=cache_dir or recipe_path.parent / "cache",
+        output=Output(quiet=True),
+        plugins=host,
+        resume=resume,
+    )
+    return ir, ctx, plan.passes[0]
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

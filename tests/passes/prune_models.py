@@ -1,0 +1,224 @@
+"""Small models for the ``prune.structured`` tests, built in code and captured like a run does.
+
+Each ``*_ir()`` returns the eager module (for Torch-Pruning's oracle) and its ModelIR.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fxopt.engine.capture import capture
+from fxopt.engine.console import Output
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.loading import LoadedModel
+from fxopt.engine.pass_base import PassContext
+from fxopt.engine.recipe import DimRange
+from fxopt.engine.specs import InputSpec
+
+BATCH = DimRange(min=1, opt=4, max=16)
+SEQUENCE = DimRange(min=2, opt=8, max=32)
+
+
+class Hidden(nn.Module):
+    """A Hugging Face model called with one named input, returning ``last_hidden_state``."""
+
+    def __init__(self, model: nn.Module, input_name: str) -> None:
+        super().__init__()
+        self.m = model
+        self.input_name = input_name
+
+    def forward(self, x):
+        return (self.m(**{self.input_name: x}).last_hidden_state,)
+
+
+class Block(nn.Module):
+    """A ResNet basic block: two conv+BN, a residual add."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(channels)
+        self.c2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class ResNetish(nn.Module):
+    """stem → residual block → strided conv → depthwise conv → pool → MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.block = Block(16)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc1 = nn.Linear(32, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.block(torch.relu(self.bn(self.stem(x))))
+        x = torch.relu(self.dw(torch.relu(self.down(x))))
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return (self.fc2(torch.relu(self.fc1(x))),)
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so a wrong slice would change the numbers."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+def capture_model(
+    module: nn.Module, spec: InputSpec, dims: dict[str, DimRange], config: dict | None = None
+) -> ModelIR:
+    loaded = LoadedModel(
+        module=module.eval(),
+        task="generic",
+        inputs=[spec],
+        dims=dims,
+        output_names=["y"],
+        files=[],
+        config=config or {},
+    )
+    return capture(loaded, [spec], dims, source="test")
+
+
+def cnn_ir() -> tuple[nn.Module, ModelIR]:
+    torch.manual_seed(0)
+    model = _randomize_norms(ResNetish()).eval()
+    spec = InputSpec("x", "float32", ("batch", 1, 8, 8), -1.0, 1.0)
+    return model, capture_model(model, spec, {"batch": BATCH})
+
+
+def _text_ir(model: nn.Module, vocab: int, config: dict) -> tuple[nn.Module, ModelIR]:
+    wrapped = Hidden(model.eval(), "input_ids").eval()
+    spec = InputSpec("x", "int64", ("batch", "sequence"), 0, vocab)
+    return wrapped, capture_model(wrapped, spec, {"batch": BATCH, "sequence": SEQUENCE}, config)
+
+
+def bert_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+    )
+    return _text_ir(BertModel(config, add_pooling_layer=False), 100, config.to_dict())
+
+
+def gpt2_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=64,
+        n_head=4,
+        vocab_size=100,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _text_ir(GPT2Model(config), 100, config.to_dict())
+
+
+class Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        return (self.m(input_ids=x, use_cache=False).logits,)
+
+
+def gpt2_lm_ir(layers: int = 2) -> tuple[nn.Module, ModelIR]:
+    """GPT-2 with its language-model head, whose weight is tied to the token embedding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=64,
+        n_head=4,
+        vocab_size=100,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    wrapped = Logits(GPT2LMHeadModel(config).eval()).eval()
+    spec = InputSpec("x", "int64", ("batch", "sequence"), 0, 100)
+    return wrapped, capture_model(
+        wrapped, spec, {"batch": BATCH, "sequence": SEQUENCE}, config.to_dict()
+    )
+
+
+def vit_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        num_hidden_layers=layers,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+    )
+    wrapped = Hidden(ViTModel(config, add_pooling_layer=False).eval(), "pixel_values").eval()
+    spec = InputSpec("x", "float32", ("batch", 3, 32, 32), -1.0, 1.0)
+    return wrapped, capture_model(wrapped, spec, {"batch": BATCH}, config.to_dict())
+
+
+class Recorder(Output):
+    """Console output that keeps the warnings, for tests to assert on."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def context(calibration: list | None = None, plugins=None) -> PassContext:
+    """A PassContext for running the pass outside a recipe; ``ctx.output.warnings`` holds
+    what it warned about."""
+
+    class _Recipe:
+        label = "recipe.toml"
+
+    return PassContext(
+        recipe=_Recipe(),  # type: ignore[arg-type]
+        batches=lambda split: (calibration or []) if split == "calibration" else [],
+        reference=lambda feeds: [],
+        evaluate=lambda ir: {},
+        cache_dir=Path("/nonexistent"),
+        output=Recorder(),
+        plugins=plugins,
+    )
+
+
+def inputs_for(ir: ModelIR, batch: int, sequence: int = 8) -> dict[str, torch.Tensor]:
+    """Random inputs for ``ir`` at a batch (and sequence) size."""
+    from fxopt.engine.synthetic import synthetic_inputs
+
+    sizes = {"batch": batch, "sequence": sequence}
+    return synthetic_inputs(ir.inputs, sizes, torch.Generator().manual_seed(batch * 100 + sequence))

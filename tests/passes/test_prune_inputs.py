@@ -1,0 +1,190 @@
+"""``prune.structured``'s configuration, criteria, bad inputs and plugin hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fxopt.engine import hookimpl
+from fxopt.engine.errors import RecipeError
+from fxopt.engine.plan import bind
+from fxopt.engine.recipe import parse_recipe
+from fxopt.engine.specs import InputSpec
+from fxopt.passes.prune.config import PruneConfig
+from fxopt.passes.prune.hf_config import updated_config
+from fxopt.passes.prune.rules_pointwise import Elementwise
+from fxopt.passes.prune.structured import StructuredPrune
+from tests.passes.prune_models import BATCH, capture_model, cnn_ir, context
+
+
+class TwoBranches(nn.Module):
+    """Two MLPs side by side; ``odd`` puts an op between fc1 and fc2 that only a plugin's
+    layer pruner describes."""
+
+    def __init__(self, hidden: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, hidden), nn.Linear(hidden, classes)
+        self.fc3, self.fc4 = nn.Linear(4, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        odd = nn.functional.hardshrink(self.fc1(x), 0.01)
+        return (self.fc2(odd) + self.fc4(torch.relu(self.fc3(x))),)
+
+
+def branches_ir(**kwargs):
+    torch.manual_seed(0)
+    model = TwoBranches(**kwargs).eval()
+    spec = InputSpec("x", "float32", ("batch", 4), -1.0, 1.0)
+    return model, capture_model(model, spec, {"batch": BATCH})
+
+
+def run(ir, ctx=None, **config):
+    ctx = ctx or context()
+    return StructuredPrune(PruneConfig(**config)).run(ir, ctx), ctx
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "input should be greater than 0"),
+        (-0.2, "input should be greater than 0"),
+        (1, "input should be less than 1"),
+        (1.5, "input should be less than 1"),
+    ],
+)
+def test_ratio_outside_zero_one_is_refused_at_bind_time(host, value, message):
+    recipe = parse_recipe(
+        {"passes": [{"name": "prune.structured", "config": {"heads": 0.25, "ratio": value}}]}
+    )
+    with pytest.raises(RecipeError) as info:
+        bind(recipe, host)
+    assert info.value.field == "passes[0].config.ratio"
+    assert message in info.value.message
+
+
+def test_a_recipe_without_any_ratio_is_refused(host):
+    recipe = parse_recipe({"passes": [{"name": "prune.structured", "config": {"round_to": 8}}]})
+    with pytest.raises(RecipeError, match="no ratio given: set `ratio`, or one of `ffn`"):
+        bind(recipe, host)
+
+
+def test_ignore_pattern_matching_nothing_names_the_candidates():
+    _, ir = cnn_ir()
+    with pytest.raises(RecipeError) as info:
+        run(ir, conv=0.5, ignore=["stem", "block.c9*"])
+    error = info.value
+    assert error.field == "config.ignore[1]"
+    assert "ignore pattern 'block.c9*' matches no group" in error.message
+    assert "stem, block.c1, down, fc1" in error.fix
+
+
+def test_ratio_that_would_empty_a_group_keeps_one_unit_and_warns():
+    _, ir = branches_ir(hidden=2)
+    result, ctx = run(ir, ffn=0.9)
+    assert result.metrics["pruned"] == {"ffn": "1 groups: 2 -> 1"}
+    assert result.metrics["clamped"] == ["fc3"]
+    assert ctx.output.warnings == [
+        "prune.structured: ratio 0.9 would remove every unit of fc3; keeping 1"
+    ]
+    assert dict(result.ir.module.named_parameters())["fc3.weight"].shape == (1, 4)
+
+
+def test_a_coupling_through_an_unknown_op_is_left_alone_and_reported():
+    _, ir = branches_ir()
+    result, _ = run(ir, ffn=0.5)
+    assert result.metrics["left_alone"] == [
+        "fc1 (ffn): no layer pruner for aten.hardshrink.default"
+    ]
+    weights = dict(result.ir.module.named_parameters())
+    assert weights["fc1.weight"].shape == (8, 4)  # untouched
+    assert weights["fc3.weight"].shape == (4, 4)  # pruned
+
+
+class HardshrinkPlugin:
+    """A third party teaching the analysis an op, through the hook."""
+
+    @hookimpl
+    def fxopt_register_layer_pruners(self, registry):
+        registry.register("aten.hardshrink.default", Elementwise())
+
+
+def test_a_plugin_layer_pruner_makes_the_group_prunable(host):
+    host.register(HardshrinkPlugin(), name="test-hardshrink")
+    try:
+        assert host.layer_pruners.entry("aten.hardshrink.default").origin == "test-hardshrink"
+        _, ir = branches_ir()
+        result, _ = run(ir, ctx=context(plugins=host), ffn=0.5)
+    finally:
+        host.unregister("test-hardshrink")
+    assert "aten.hardshrink.default" not in host.layer_pruners
+    assert result.metrics["left_alone"] == []
+    assert dict(result.ir.module.named_parameters())["fc1.weight"].shape == (4, 4)
+    (out,) = result.ir.run({"x": torch.randn(5, 4)})
+    assert out.shape == (5, 3)
+
+
+def test_builtin_layer_pruners_register_through_the_hook(host):
+    entry = host.layer_pruners.entry("aten.linear.default")
+    assert "[builtin-layer-pruners]" in entry.origin
+    assert "prune.structured" in host.passes
+
+
+def test_taylor_needs_calibration_data():
+    _, ir = branches_ir()
+    with pytest.raises(RecipeError) as info:
+        run(ir, ffn=0.5, criterion="taylor")
+    assert info.value.field == "data.calibration"
+    assert "criterion 'taylor' needs calibration data" in info.value.message
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["output-projection", "cross-entropy"])
+def test_taylor_keeps_the_neurons_that_move_the_output(labels):
+    """Neurons 0-3 of fc3 have big weights but fc4 ignores them: magnitude keeps some of
+    them, Taylor (weight x gradient) drops them all."""
+    _, ir = branches_ir()
+    with torch.no_grad():
+        params = dict(ir.module.named_parameters())
+        params["fc3.weight"][:4] *= 50
+        params["fc4.weight"][:, :4] = 0
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {"x": torch.randn(8, 4, generator=generator)}
+        | ({"labels": torch.randint(0, 3, (8,), generator=generator)} if labels else {})
+        for _ in range(4)
+    ]
+    kept = {}
+    for criterion in ("l1", "taylor"):
+        _, fresh = branches_ir()
+        fresh.module.load_state_dict(ir.module.state_dict())
+        result, _ = run(fresh, ctx=context(calibration=batches), ffn=0.5, criterion=criterion)
+        weight = dict(result.ir.module.named_parameters())["fc3.weight"]
+        original = params["fc3.weight"]
+        kept[criterion] = {
+            int(torch.nonzero((original == row).all(dim=1))[0]) for row in weight.detach()
+        }
+    assert kept["l1"] & {0, 1, 2, 3}  # magnitude keeps some of the useless ones
+    assert kept["taylor"] == {4, 5, 6, 7}
+
+
+def test_config_sizes_under_the_models_own_keys():
+    bert = {"num_attention_heads": 12, "intermediate_size": 1536, "num_hidden_layers": 2}
+    new, notes = updated_config(
+        bert,
+        [
+            ("heads", 12, 9, 32),
+            ("ffn", 1536, 1076, 1),
+            ("heads", 12, 9, 32),
+            ("ffn", 1536, 1000, 1),
+        ],
+    )
+    assert new == {
+        "num_attention_heads": 9,
+        "intermediate_size": [1076, 1000],
+        "num_hidden_layers": 2,
+        "head_dim": 32,
+    }
+    assert notes == []
+    assert bert["num_attention_heads"] == 12  # the original is not modified
+    _, notes = updated_config({"foo": 1}, [("ffn", 8, 4, 1)])
+    assert notes == ["config.json has no key for the ffn size; left as it was"]

@@ -1,0 +1,139 @@
+"""``quantize.int8`` on small graphs: where Q/DQ go, what stays float, and bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fxopt.engine.errors import DataError, RecipeError
+from fxopt.passes.quantize import Int8Config, QuantizeInt8
+from fxopt.passes.quantize.graph_edit import FLOAT_META, module_name
+from tests.passes.quantize_support import (
+    Collecting,
+    Planted,
+    TwoBranch,
+    batches,
+    context,
+    count_ops,
+    make_ir,
+)
+
+DQ_WEIGHT = "quantized_decomposed.dequantize_per_channel"
+Q_ACT = "quantized_decomposed.quantize_per_tensor"
+
+
+def run(ir, tmp_path, **config):
+    ctx = context(ir, tmp_path, output=config.pop("output", None))
+    result = QuantizeInt8(Int8Config(**config)).run(ir, ctx)
+    ir.graph.lint()
+    return result
+
+
+def test_every_linear_gets_int8_weights_and_shared_input_observers(tmp_path):
+    ir = make_ir(TwoBranch())
+    result = run(ir, tmp_path)
+    assert result.metrics["quantized"] == 3
+    assert count_ops(ir, DQ_WEIGHT) == 3
+    # a and b read x through one quantize op; out's input has its own
+    assert count_ops(ir, Q_ACT) == 2
+    # int8_sym: zero point 0, range [-127, 127] on every activation quantize
+    quantize = [n for n in ir.graph.nodes if str(n.target).startswith(Q_ACT)]
+    assert {(n.args[2], n.args[3], n.args[4]) for n in quantize} == {(0, -127, 127)}
+
+
+def test_skip_pattern_leaves_that_module_float(tmp_path):
+    ir = make_ir(TwoBranch())
+    result = run(ir, tmp_path, skip=["out"])
+    assert result.metrics["quantized"] == 2 and result.metrics["skipped"] == ["out"]
+    fed_by = {
+        module_name(n): str(n.args[0].target)
+        for n in ir.graph.nodes
+        if n.target == torch.ops.aten.linear.default
+    }
+    assert fed_by["a"] == fed_by["b"] == "quantized_decomposed.dequantize_per_tensor.default"
+    assert fed_by["out"] == "aten.add.Tensor"
+    assert count_ops(ir, DQ_WEIGHT) == 2
+
+
+def test_uint8_activations_are_affine(tmp_path):
+    ir = make_ir(TwoBranch())
+    run(ir, tmp_path, activations="uint8", observer="minmax")
+    quantize = [n for n in ir.graph.nodes if str(n.target).startswith(Q_ACT)]
+    assert {(n.args[3], n.args[4], n.args[5]) for n in quantize} == {(0, 255, torch.uint8)}
+
+
+def test_quantized_graph_stays_close_to_float(tmp_path):
+    ir = make_ir(TwoBranch())
+    x = batches()[0]["x"]
+    with torch.no_grad():
+        before = ir.module(x)[0]
+    run(ir, tmp_path, observer="minmax")
+    with torch.no_grad():
+        after = ir.module(x)[0]
+    assert torch.nn.functional.cosine_similarity(before, after, dim=1).min() > 0.999
+
+
+def test_skip_pattern_matching_nothing_names_the_candidates(tmp_path):
+    ir = make_ir(TwoBranch())
+    with pytest.raises(RecipeError) as info:
+        run(ir, tmp_path, skip=["*.output.dense"])
+    text = str(info.value)
+    assert "config.skip" in text and "'*.output.dense'" in text and "a, b, out" in text
+
+
+def test_unknown_observer_is_a_recipe_error(tmp_path):
+    with pytest.raises(RecipeError, match="unknown observer 'entropi'; did you mean 'entropy'"):
+        run(make_ir(TwoBranch()), tmp_path, observer="entropi")
+
+
+class ComputedWeight(nn.Module):
+    """``lin``'s weight is computed in the graph (x2), so it has no int8 constant to become."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.w = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x):
+        return (nn.functional.linear(self.fc(x), self.w * 2.0),)
+
+
+def test_op_it_cannot_annotate_is_warned_and_listed(tmp_path):
+    output = Collecting()
+    ir = make_ir(ComputedWeight())
+    result = run(ir, tmp_path, output=output)
+    assert result.metrics["quantized"] == 1
+    [item] = result.metrics["unsupported"]
+    assert item["op"] == "aten.linear.default" and "computed in the graph" in item["reason"]
+    assert any("stays in float" in w and "computed in the graph" in w for w in output.warnings)
+    assert count_ops(ir, DQ_WEIGHT) == 1
+
+
+def test_op_kind_missing_from_the_graph_is_noted(tmp_path):
+    output = Collecting()
+    result = run(make_ir(TwoBranch()), tmp_path, ops=["linear", "conv2d"], output=output)
+    assert result.metrics["absent_op_kinds"] == ["conv2d"]
+    assert any("no conv2d op" in w for w in output.warnings)
+
+
+def test_empty_calibration_set_is_a_data_error(tmp_path):
+    ir = make_ir(TwoBranch())
+    ctx = context(ir, tmp_path, calibration=[])
+    with pytest.raises(DataError, match="calibration set is empty"):
+        QuantizeInt8(Int8Config()).run(ir, ctx)
+
+
+def test_outlier_split_moves_the_planted_channel_to_float(tmp_path):
+    ir = make_ir(Planted())
+    plain = make_ir(Planted())
+    split = run(ir, tmp_path / "a", outlier_split=True, observer="minmax")
+    run(plain, tmp_path / "b", observer="minmax")
+    assert split.metrics["outlier_channels"] == {"fc2": [0]}
+    side = [n for n in ir.graph.nodes if n.meta.get(FLOAT_META)]
+    assert {str(n.target) for n in side} == {"aten.index_select.default", "aten.matmul.default"}
+    x = batches(seed=3)[0]["x"]
+    with torch.no_grad():
+        reference = Planted().eval()(x)[0]
+        errors = [(m.module(x)[0] - reference).norm() / reference.norm() for m in (ir, plain)]
+    assert errors[0] < errors[1] / 5
