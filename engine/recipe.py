@@ -127,7 +127,7 @@ class VerifySection(Strict):
         default=16, ge=0, description="samples used to measure each pass's numerics (0: off)"
     )
     latency: bool = Field(default=True, description="time reference and artifact in the report")
-    latency_iters: int = Field(default=20, ge=1)
+    latency_iters: int = Field(default=10, ge=1, description="timed runs after 3 warm-ups")
 
 
 class Recipe(Strict):
