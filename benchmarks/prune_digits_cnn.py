@@ -168,9 +168,11 @@ def main() -> None:
 
     samples = sum(len(b["labels"]) for b in test)
     print()
-    print(f"digits CNN (sklearn 8x8 digits, {samples} held-out images), ONNX Runtime "
-          f"{onnxruntime.__version__} fp32, {args.threads} threads, torch {torch.__version__}; "
-          f"median of {args.iters} runs")
+    print(
+        f"digits CNN (sklearn 8x8 digits, {samples} held-out images), ONNX Runtime "
+        f"{onnxruntime.__version__} fp32, {args.threads} threads, torch {torch.__version__}; "
+        f"median of {args.iters} runs"
+    )
     print(f"pruned: {record.metrics['pruned']}, criterion {record.metrics['criterion']}")
     print()
     print("| | parameters | top-1 | latency b8 (ms) | latency b64 (ms) | speed-up b8 / b64 |")

@@ -1,21 +1,32 @@
 """Structured pruning of all-MiniLM-L6-v2: speed, size and fidelity, before and after recovery.
 
-Runs ``recipes/minilm-prune.toml`` through the engine (``prepare``: load, capture, passes):
-``prune.structured`` removes 30% of the FFN neurons and 25% of the heads of every layer, then
-the ``finetune`` pass distils the unpruned model back in (when that pass is registered; the
-table says so when it is not). Both the unpruned and the pruned graph are lowered with the
-ONNX Runtime backend (fp32, graph optimization ``all``) and timed in this process, alternating
-runs, batch 8 x sequence 128; fidelity is the cosine of the sentence embeddings against the
-original model on the recipe's 256 held-out standard-library docstrings.
+Writes the fine-tune corpus (``benchmarks/minilm-prune/docstrings.txt``: every public
+docstring paragraph of the standard library, minus the ones the ``stdlib-docstrings`` source
+yields, which calibration and verification use), then runs ``recipes/minilm-prune.toml``
+through the engine (``prepare``: load, capture, passes): ``prune.structured`` removes 30% of
+the FFN neurons and 25% of the heads of every layer, then the ``finetune`` pass distils the
+unpruned model back in (when that pass is registered; the table says so when it is not).
+Both the unpruned and the pruned graph are lowered with the ONNX Runtime backend (fp32, graph
+optimization ``all``) and timed in this process, alternating runs, batch 8 x sequence 128;
+fidelity is the cosine of the sentence embeddings against the original model on the recipe's
+256 held-out standard-library docstrings.
 
     python benchmarks/prune_minilm.py [--iters 30] [--threads 2] [--no-recovery]
+    python benchmarks/prune_minilm.py --corpus-only     # just write the corpus
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import inspect
+import io
+import re
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +43,47 @@ from fxopt.engine.recipe import load_recipe
 from fxopt.engine.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
+from fxopt.plugins.datasets import stdlib_sentences
 from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-prune.toml"
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "recipes" / "minilm-prune.toml"
+CORPUS = HERE / "minilm-prune" / "docstrings.txt"
+#: modules whose import has side effects or whose docs are not prose
+SKIP = ("_", "test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip")
+
+
+def docstring_corpus() -> list[str]:
+    """Public docstring paragraphs of the standard library (modules, their functions and
+    classes, the classes' methods), deduplicated, without the ``stdlib-docstrings`` ones."""
+    held_out = set(stdlib_sentences())
+    found: dict[str, None] = {}
+
+    def add(doc: str | None) -> None:
+        for paragraph in (doc or "").split("\n\n"):
+            text = re.sub(r"\s+", " ", paragraph).strip()
+            if 40 <= len(text) <= 600 and text[0].isupper() and text not in held_out:
+                found.setdefault(text, None)
+
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith(SKIP):
+            continue
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:
+            continue
+        add(inspect.getdoc(module))
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            add(inspect.getdoc(obj))
+            if inspect.isclass(obj):
+                for method, member in sorted(vars(obj).items()):
+                    if not method.startswith("_"):
+                        add(inspect.getdoc(member))
+    return list(found)
 
 
 class CpuClock(Instrument):
@@ -100,8 +149,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-recovery", action="store_true", help="skip the finetune pass")
+    parser.add_argument("--corpus-only", action="store_true", help="write the corpus and stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    corpus = docstring_corpus()
+    CORPUS.parent.mkdir(exist_ok=True)
+    CORPUS.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    print(f"fine-tune corpus: {len(corpus)} docstring paragraphs in {CORPUS}")
+    if args.corpus_only:
+        return
 
     host = load_plugins()
     clock = CpuClock()

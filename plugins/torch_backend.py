@@ -2,7 +2,9 @@
 
 With ``compile = true`` the runner hands the loaded program to ``torch.compile`` (inductor,
 with weight freezing, which is what lets oneDNN's int8 kernels take over quantized graphs on
-x86). ``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
+x86; see ``torch_int8`` for what a Q/DQ graph gets first). A quantized graph is compiled with
+static shapes, once per input shape, starting at load time with the captured example shape.
+``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.onnx_export import export_onnx
+
+from .torch_int8 import activations_to_uint8, is_quantized, register_quantized_ops
 
 
 class TorchOptions(BackendOptions):
@@ -67,27 +71,13 @@ class TorchBackend(Backend):
         program = torch.export.load(str(out_dir / artifact.path))
         if self.options.device != "cpu":
             program = on_device(program, self.options.device)
-        runner = TorchRunner(
-            program.module(), self.options, names=artifact.info["inputs"], static=quantized
-        )
+        module = program.module()
+        if quantized and self.options.compile and self.options.device == "cpu":
+            activations_to_uint8(module)
+        runner = TorchRunner(module, self.options, names=artifact.info["inputs"], static=quantized)
         if self.options.compile and quantized:
             runner.warm_up(artifact.info["example_shapes"], artifact.info["example_dtypes"])
         return runner
-
-
-def is_quantized(module: torch.nn.Module) -> bool:
-    """Does the graph hold quantize/dequantize ops (``quantize.int8``'s explicit Q/DQ)?"""
-    graph = getattr(module, "graph", None)
-    return graph is not None and any(
-        "quantized_decomposed" in str(n.target) for n in graph.nodes if n.op == "call_function"
-    )
-
-
-def register_quantized_ops() -> None:
-    """Register the ``quantized_decomposed`` op library: loading a ``.pt2`` that holds Q/DQ
-    needs it, and with it (and freezing) inductor's own x86 patterns lower each
-    ``dequantize -> linear`` to a oneDNN int8 kernel (``qlinear_pointwise``)."""
-    import torch.ao.quantization.fx._decomposed  # noqa: F401
 
 
 def on_device(program: torch.export.ExportedProgram, device: str) -> torch.export.ExportedProgram:

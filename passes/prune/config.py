@@ -8,6 +8,7 @@ Example::
     ffn = 0.3                 # remove 30% of the FFN neurons of every layer
     heads = 0.25              # and 25% of the attention heads
     criterion = "taylor"      # l1 | l2 | taylor (needs [data.calibration])
+    reconstruct = true        # least-squares refit of the layers reading pruned channels
     round_to = 8              # kept channels a multiple of 8
     ignore = ["*.layer.0.*"]  # leave these groups whole
 """
@@ -49,6 +50,12 @@ class PruneConfig(PassConfig):
         default="l2",
         description="l1 / l2 weight magnitude, or taylor (weight x gradient on "
         "the calibration set)",
+    )
+    reconstruct: bool = Field(
+        default=False,
+        description="refit the Linear layers that read pruned channels by least squares on "
+        "the calibration data, so they reproduce their unpruned outputs (needs "
+        "[data.calibration])",
     )
     round_to: int = Field(
         default=1, ge=1, description="kept channels per group a multiple of this (8, 16)"

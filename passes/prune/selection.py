@@ -3,13 +3,14 @@
 ``scope = "layer"`` removes the ratio from every group on its own (uniform sizes, a
 ``config.json`` with one number per key); ``"global"`` ranks the units of all groups of a kind
 together, each group's scores divided by its mean, so layers that matter less lose more.
-Kept counts are rounded up so ``kept channels`` (units × unit width) is a multiple of
-``round_to``; a group smaller than ``round_to`` stays whole. A ratio that would empty a group
-keeps one unit and says so.
+Kept counts are rounded to the nearest count whose channels (units × unit width) are a
+multiple of ``round_to``; a group smaller than ``round_to`` stays whole. A ratio that would
+empty a group keeps one unit and says so.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,10 +78,10 @@ def _global_counts(
 
 
 def _aligned(count: int, group: Group, round_to: int) -> int:
-    """The smallest count >= ``count`` whose channels are a multiple of ``round_to``."""
+    """The multiple of ``round_to`` channels nearest to ``count`` units (at least one
+    multiple); the whole group when even one multiple does not fit."""
     if round_to <= 1:
         return count
-    for candidate in range(count, group.size + 1):
-        if (candidate * group.unit) % round_to == 0:
-            return candidate
-    return group.size
+    step = round_to // math.gcd(round_to, group.unit)  # units per aligned block
+    aligned = max(step, math.floor(count / step + 0.5) * step)
+    return aligned if aligned <= group.size else group.size

@@ -3,9 +3,10 @@
 Steps: drop dead code and unused parameters (a dead consumer would still run with the old
 sizes), analyse channel dependencies (:class:`~.graph.ChannelDependencies`), leave out the
 groups that ``ignore`` names, score units (:mod:`.importance`), choose what each group keeps
-(:mod:`.selection`), slice parameters and rewrite constants (:mod:`.rewrite`), re-export, and
-record the new sizes in the model's config (:mod:`.hf_config`) so the ``config.json`` written
-with the output describes the pruned model.
+(:mod:`.selection`), optionally refit the layers reading pruned channels
+(:mod:`.reconstruct`), slice parameters and rewrite constants (:mod:`.rewrite`), re-export,
+and record the new sizes in the model's config (:mod:`.hf_config`) so the ``config.json``
+written with the output describes the pruned model.
 
 Groups the analysis cannot prove safe are never pruned; they are listed in the metrics under
 ``left_alone`` with the reason. Recover accuracy afterwards with the ``finetune`` pass
@@ -20,6 +21,7 @@ from fxopt.engine.errors import RecipeError
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 
+from . import reconstruct
 from .config import PruneConfig
 from .graph import ChannelDependencies, DependencyGraph
 from .group import Group
@@ -56,8 +58,13 @@ class StructuredPrune(Pass):
                 )
         pruned = [d for d in decisions if d.removed]
         params_before = ir.parameter_count()
+        refit: dict = {}
         if pruned:
-            prune_in_place(ir.module, deps, {d.group.id: d.keep for d in pruned})
+            keep = {d.group.id: d.keep for d in pruned}
+            if config.reconstruct:
+                refit = self._reconstruction(ir, deps, keep, ctx)
+            prune_in_place(ir.module, deps, keep)
+            reconstruct.assign(ir.module, refit)
             ir.module = reexport(ir)
             if ir.meta.config:  # a Hugging Face model's config.json
                 ir.meta.config = self._config(ir.meta.config, deps.groups, decisions, ctx)
@@ -72,6 +79,8 @@ class StructuredPrune(Pass):
                 if g.kind in ratios
             ],
         }
+        if config.reconstruct:
+            metrics["reconstructed"] = sorted({name.rpartition(".")[0] for name in refit})
         if ignored:
             metrics["ignored"] = sorted(ignored)
         clamped = [d.group.name for d in decisions if d.clamped]
@@ -83,16 +92,17 @@ class StructuredPrune(Pass):
         criterion = self.config.criterion  # type: ignore[attr-defined]
         if criterion != "taylor":
             return magnitude(ir.module, deps, targets, 1 if criterion == "l1" else 2)
-        batches = ctx.batches("calibration")
-        if not batches:
-            raise RecipeError(
-                "criterion 'taylor' needs calibration data",
-                file=ctx.recipe.label,
-                field="data.calibration",
-                fix="add a [data.calibration] table, or use criterion = 'l2'",
-            )
+        batches = _calibration(ctx, "criterion 'taylor'", "or use criterion = 'l2'")
         with ctx.output.task("taylor importance", len(batches)) as advance:
             return taylor(ir.module, deps, targets, batches, ir.input_names, advance)
+
+    @staticmethod
+    def _reconstruction(ir, deps: DependencyGraph, keep: dict, ctx: PassContext) -> dict:
+        batches = _calibration(ctx, "reconstruct = true", "or set reconstruct = false")
+        found = reconstruct.consumers(ir.module, deps, keep)
+        with ctx.output.task("reconstruction statistics", len(batches)) as advance:
+            grams = reconstruct.input_grams(ir.module, found, batches, ir.input_names, advance)
+        return reconstruct.refit(ir.module, found, grams, reconstruct.DAMPING)
 
     @staticmethod
     def _config(config, groups: list[Group], decisions: list[Decision], ctx) -> dict:
@@ -103,6 +113,18 @@ class StructuredPrune(Pass):
         for note in notes:
             ctx.output.warn(f"prune.structured: {note}")
         return new
+
+
+def _calibration(ctx: PassContext, what: str, alternative: str) -> list:
+    batches = ctx.batches("calibration")
+    if not batches:
+        raise RecipeError(
+            f"{what} needs calibration data",
+            file=ctx.recipe.label,
+            field="data.calibration",
+            fix=f"add a [data.calibration] table, {alternative}",
+        )
+    return batches
 
 
 def _ignored(groups: list[Group], patterns: list[str], ctx: PassContext) -> set[str]:

@@ -5,8 +5,11 @@ activation calibrators (``histogram_observers`` and ``thresholds`` hold the ones
 lacks), ``calibrate`` feeds the data, ``outliers`` and ``smoothquant`` rewrite the graph
 so per-tensor int8 fits BERT-family activations, ``sensitivity`` is the accuracy-aware
 choice of float layers and ``cache`` the calibration cache. torchao is imported only when a
-pass runs.
+pass runs; the ``quantized_decomposed`` op library (a few ms) is registered on import, so a
+graph holding Q/DQ (a ``.pt2``, a pass-cache entry) loads in any process that loaded fxopt.
 """
+
+import torch.ao.quantization.fx._decomposed  # noqa: F401
 
 from .config import Int8Config, SmoothQuantConfig
 from .int8_pass import QuantizeInt8

@@ -77,31 +77,16 @@ class QuantizeInt8(Pass):
                 calibration.outliers, calibration.scales, keep_float=set(calibration.float_layers)
             )
         ir.module = converted.module
-        metrics = {
-            "activations": config.activations,
-            "observer": config.observer,
-            "quantized": len(converted.quantizer.annotated),
-            "quantized_ops": dict(Counter(converted.kinds.values())),
-            "skipped": converted.quantizer.skipped,
-            "unsupported": [u.to_json() for u in converted.quantizer.unsupported],
-            "outlier_channels": {
-                calibration.layers.get(n, n): c for n, c in calibration.outliers.items()
-            },
-            "calibration": {
-                "batches": len(inputs),
-                "samples": sum(len(args[0]) for args in inputs),
-                "seconds": round(time.perf_counter() - started, 3),
-                "cache": state,
-                "key": key[:16],
-            },
-            **notes,
-        }
-        if config.accuracy_aware:
-            metrics["float_layers"] = {
-                calibration.layers.get(n, n): cost for n, cost in calibration.float_layers.items()
-            }
         for item in converted.quantizer.unsupported:
             ctx.output.warn(f"{item.module or item.node} ({item.op}) stays in float: {item.reason}")
+        timing = {
+            "batches": len(inputs),
+            "samples": sum(len(args[0]) for args in inputs),
+            "seconds": round(time.perf_counter() - started, 3),
+            "cache": state,
+            "key": key[:16],
+        }
+        metrics = _metrics(config, converted, calibration, timing) | notes
         return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
 
     def _calibrate(
@@ -217,6 +202,28 @@ class _Builder:
         scales = read_scales(prepared, quantizer.annotated) if fixed is None else fixed
         kinds = {n.name: kind_of(n) for n in prepared.graph.nodes if n.name in quantizer.annotated}
         return _Built(convert(prepared), quantizer, scales, kinds)
+
+
+def _metrics(
+    config: Int8Config, built: _Built, calibration: Calibration, timing: dict[str, Any]
+) -> dict[str, Any]:
+    """What the report shows for the pass (module names, not graph node names)."""
+    names = calibration.layers
+    metrics = {
+        "activations": config.activations,
+        "observer": config.observer,
+        "quantized": len(built.quantizer.annotated),
+        "quantized_ops": dict(Counter(built.kinds.values())),
+        "skipped": built.quantizer.skipped,
+        "unsupported": [u.to_json() for u in built.quantizer.unsupported],
+        "outlier_channels": {names.get(n, n): c for n, c in calibration.outliers.items()},
+        "calibration": timing,
+    }
+    if config.accuracy_aware:
+        metrics["float_layers"] = {
+            names.get(n, n): cost for n, cost in calibration.float_layers.items()
+        }
+    return metrics
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

@@ -130,12 +130,19 @@ def test_builtin_layer_pruners_register_through_the_hook(host):
     assert "prune.structured" in host.passes
 
 
-def test_taylor_needs_calibration_data():
+@pytest.mark.parametrize(
+    ("config", "what"),
+    [
+        ({"criterion": "taylor"}, "criterion 'taylor'"),
+        ({"reconstruct": True}, "reconstruct = true"),
+    ],
+)
+def test_calibration_data_is_required_by_taylor_and_reconstruction(config, what):
     _, ir = branches_ir()
     with pytest.raises(RecipeError) as info:
-        run(ir, ffn=0.5, criterion="taylor")
+        run(ir, ffn=0.5, **config)
     assert info.value.field == "data.calibration"
-    assert "criterion 'taylor' needs calibration data" in info.value.message
+    assert f"{what} needs calibration data" in info.value.message
 
 
 @pytest.mark.parametrize("labels", [False, True], ids=["output-projection", "cross-entropy"])

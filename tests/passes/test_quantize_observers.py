@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from fxopt.engine import hookimpl
+from fxopt.engine.errors import PluginError
+from fxopt.engine.plugin_host import load_plugins
+from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.passes.quantize.observers import BUILTIN_OBSERVERS, ObserverOptions
 from fxopt.passes.quantize.thresholds import (
     entropy_threshold,
     mse_threshold,
     percentile_threshold,
 )
+from tests.passes.quantize_support import TwoBranch, context, make_ir
 
 INT8_SYM = {
     "dtype": torch.int8,
@@ -151,3 +158,48 @@ def test_uint8_range_keeps_the_observed_minimum():
     scale, zero_point = scale_of(obs, torch.linspace(-0.2, 3.0, 1001))
     assert scale == pytest.approx(3.2 / 255, rel=2e-3)
     assert zero_point == round(0.2 / scale)
+
+
+# -- the plugin hook --------------------------------------------------------------------------
+
+
+class HalfScale:
+    """A third-party plugin: ``test.half`` always answers scale 0.5."""
+
+    @hookimpl
+    def fxopt_register_observers(self, registry):
+        from torchao.quantization.pt2e.observer import MinMaxObserver
+
+        class Fixed(MinMaxObserver):
+            def calculate_qparams(self):
+                return torch.tensor([0.5]), torch.tensor([0], dtype=torch.int32)
+
+        registry.register("test.half", lambda options: Fixed)
+
+
+def test_a_plugin_observer_is_used_by_name(tmp_path):
+    host = load_plugins()
+    host.register(HalfScale(), name="half-scale")
+    assert {"minmax", "percentile", "entropy", "mse", "test.half"} <= set(host.observers.names())
+    ir = make_ir(TwoBranch())
+    ctx = replace(context(ir, tmp_path), plugins=host)
+    QuantizeInt8(Int8Config(observer="test.half")).run(ir, ctx)
+    scales = {
+        n.args[1]
+        for n in ir.graph.nodes
+        if str(n.target).startswith("quantized_decomposed.quantize_per_tensor")
+    }
+    assert scales == {0.5}
+    host.unregister("half-scale")
+    assert "test.half" not in host.observers
+
+
+def test_an_observer_name_registered_twice_is_refused():
+    class Clash:
+        @hookimpl
+        def fxopt_register_observers(self, registry):
+            registry.register("minmax", BUILTIN_OBSERVERS["minmax"])
+
+    host = load_plugins()
+    with pytest.raises(PluginError, match="observer 'minmax' is registered twice"):
+        host.register(Clash(), name="clash")
