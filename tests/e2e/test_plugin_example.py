@@ -21,6 +21,12 @@ schema_version = 1
 [model]
 task = "image-classification"
 
+[model.inputs.x]
+dtype = "float32"
+shape = ["batch", 1, 8, 8]
+low = 0.0
+high = 1.0
+
 [model.dims.batch]
 min = 1
 opt = 32
@@ -83,7 +89,8 @@ def digits_model(directory: Path) -> None:
 @pytest.mark.slow
 def test_example_plugin_installs_and_runs(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # no pip of its own: this environment's pip installs into it, building with its setuptools
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -110,7 +117,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
     )
     listing = json.loads(
         subprocess.run(
-            [str(venv / "bin" / "optimize"), "passes", "--json"],
+            [python, "-m", "fxopt.engine.cli", "passes", "--json"],
             cwd=tmp_path,
             check=True,
             capture_output=True,
