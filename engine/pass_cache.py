@@ -66,6 +66,8 @@ class PassCache:
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
             _adopt(ir, module)
+            if "config" in state:  # sizes a pass recorded (prune.structured) for config.json
+                ir.meta.config = state["config"]
             records = [PassRecord(**r) for r in state["records"]]
             for record in records:
                 record.metrics = {**record.metrics, "cached": True}
@@ -88,7 +90,7 @@ class PassCache:
                 ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
             )
             torch.export.save(program, str(tmp / "ir.pt2"))
-            state = {"records": [_record_fields(r) for r in records]}
+            state = {"records": [_record_fields(r) for r in records], "config": ir.meta.config}
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
             tmp.rename(entry)
         except Exception as exc:

@@ -3,7 +3,7 @@
 The key hashes the graph (code and every parameter and buffer), the calibration inputs, the
 pass's config and the library versions, so any change recalibrates. The entry holds what
 rebuilding the quantized graph needs without touching data: each quantized op's activation
-scale and zero point, the outlier channels split off, and (accuracy-aware mode) the layers
+scale and zero point, the outlier channels (and their copies), and (accuracy-aware mode) the layers
 kept in float with their measured cost. Rebuilding is then prepare + convert with fixed
 scales: seconds instead of a calibration run. An unreadable entry, or one that names nodes
 the graph does not have, is reported with a warning and rebuilt.
@@ -38,6 +38,8 @@ class Calibration:
     scales: Scales
     layers: dict[str, str]
     outliers: dict[str, list[int]] = field(default_factory=dict)
+    #: copies per outlier channel (``outlier_mode = "duplicate"``), parallel to ``outliers``
+    outlier_copies: dict[str, list[int]] = field(default_factory=dict)
     float_layers: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +52,7 @@ class Calibration:
                 for (node, index), (scale, zero_point) in sorted(self.scales.items())
             ],
             "outliers": self.outliers,
+            "outlier_copies": self.outlier_copies,
             "float_layers": self.float_layers,
             "info": self.info,
         }
@@ -66,6 +69,7 @@ class Calibration:
             scales=scales,
             layers={str(k): str(v) for k, v in data["layers"].items()},
             outliers={str(k): [int(i) for i in v] for k, v in data["outliers"].items()},
+            outlier_copies={str(k): [int(i) for i in v] for k, v in data["outlier_copies"].items()},
             float_layers=dict(data["float_layers"]),
             info=dict(data.get("info", {})),
         )

@@ -36,6 +36,11 @@ class Int8Config(PassConfig):
     outlier_split: bool = Field(
         default=False, description="run a linear's few outlier input channels in float32"
     )
+    outlier_mode: Literal["float", "duplicate"] = Field(
+        default="float",
+        description="float: outlier channels bypass int8 (a small float32 matmul); duplicate: "
+        "each becomes a few scaled-down copies inside the int8 GEMM",
+    )
     outlier_threshold: float = Field(
         default=6.0, gt=1, description="outlier: max |x| above this x the median channel's"
     )

@@ -33,7 +33,13 @@ from .config import Int8Config
 from .graph_edit import module_name
 from .observers import BUILTIN_OBSERVERS, ObserverOptions
 from .op_kinds import Scales, candidates, kind_of
-from .outliers import outlier_candidates, pick_outliers, split_outliers
+from .outliers import (
+    copies_needed,
+    duplicate_outliers,
+    outlier_candidates,
+    pick_outliers,
+    split_outliers,
+)
 from .sensitivity import Selection, select_float_layers
 
 
@@ -73,9 +79,8 @@ class QuantizeInt8(Pass):
             cache.store(key, calibration)
         else:
             ctx.output.step(f"calibration cache hit ({len(calibration.scales)} scales)")
-            converted = builder.build(
-                calibration.outliers, calibration.scales, keep_float=set(calibration.float_layers)
-            )
+            builder.outliers, builder.copies = calibration.outliers, calibration.outlier_copies
+            converted = builder.build(calibration.scales, keep_float=set(calibration.float_layers))
         ir.module = converted.module
         for item in converted.quantizer.unsupported:
             ctx.output.warn(f"{item.module or item.node} ({item.op}) stays in float: {item.reason}")
@@ -93,13 +98,15 @@ class QuantizeInt8(Pass):
         self, builder: _Builder, observer_for, ir: ModelIR, ctx: PassContext
     ) -> tuple[Calibration, _Built]:
         config: Int8Config = self.config
-        outliers: dict[str, list[int]] = {}
         if config.outlier_split:
-            outliers = builder.find_outliers(ctx)
+            builder.find_outliers(ctx)
         with ctx.output.task(f"calibrating ({config.observer})", len(builder.inputs)) as advance:
-            built = builder.build(outliers, None, observer_for=observer_for, advance=advance)
+            built = builder.build(None, observer_for=observer_for, advance=advance)
         calibration = Calibration(
-            scales=built.scales, layers=dict(built.quantizer.annotated), outliers=outliers
+            scales=built.scales,
+            layers=dict(built.quantizer.annotated),
+            outliers=builder.outliers,
+            outlier_copies=builder.copies,
         )
         if config.accuracy_aware:
             selection = self._select(builder, calibration, ir, ctx)
@@ -109,9 +116,7 @@ class QuantizeInt8(Pass):
                 "evaluations": selection.evaluations,
             }
             if selection.float_layers:
-                built = builder.build(
-                    outliers, calibration.scales, keep_float=set(selection.float_layers)
-                )
+                built = builder.build(calibration.scales, keep_float=set(selection.float_layers))
         return calibration, built
 
     def _select(
@@ -120,9 +125,7 @@ class QuantizeInt8(Pass):
         layers = list(calibration.layers)
 
         def measure(only: frozenset[str] | None, keep: frozenset[str]) -> dict[str, float]:
-            built = builder.build(
-                calibration.outliers, calibration.scales, only=only, keep_float=keep
-            )
+            built = builder.build(calibration.scales, only=only, keep_float=keep)
             return ctx.evaluate(dataclasses.replace(ir, module=built.module, _analyses={}))
 
         # all quantized, the float graph, one per layer, the float-limit check, a binary search
@@ -153,8 +156,12 @@ class _Builder:
     base: GraphModule
     config: Int8Config
     inputs: list[Inputs]
+    #: linear node -> outlier input channels, and (duplicate mode) copies of each
+    outliers: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    copies: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
-    def find_outliers(self, ctx: PassContext) -> dict[str, list[int]]:
+    def find_outliers(self, ctx: PassContext) -> None:
+        """Pick each linear's outlier channels (and copies) on the calibration data."""
         config = self.config
         gm = copy.deepcopy(self.base)
         nodes = [
@@ -165,15 +172,14 @@ class _Builder:
         ]
         with ctx.output.task("finding outlier channels", len(self.inputs)) as advance:
             stats = channel_absmax(gm, nodes, self.inputs, advance)
-        picked = {
-            name: pick_outliers(absmax, config.outlier_threshold, config.outlier_max_channels)
-            for name, absmax in stats.items()
-        }
-        return {name: channels for name, channels in picked.items() if channels}
+        for name, absmax in stats.items():
+            channels = pick_outliers(absmax, config.outlier_threshold, config.outlier_max_channels)
+            if channels:
+                self.outliers[name] = channels
+                self.copies[name] = copies_needed(absmax, channels, config.outlier_threshold)
 
     def build(
         self,
-        outliers: dict[str, list[int]],
         fixed: Scales | None,
         *,
         observer_for: Callable[[str], Any] | None = None,
@@ -187,7 +193,10 @@ class _Builder:
 
         config = self.config
         gm = copy.deepcopy(self.base)
-        split_outliers(gm, outliers)
+        if config.outlier_mode == "duplicate":
+            duplicate_outliers(gm, self.outliers, self.copies)
+        else:
+            split_outliers(gm, self.outliers)
         quantizer = Int8Quantizer(
             ops=tuple(config.ops),
             form=config.activations,

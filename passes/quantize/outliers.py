@@ -1,24 +1,31 @@
-"""Outlier-channel split: the few input channels with huge values bypass int8.
+"""Outlier channels: the few input channels with huge values, taken out of int8's way.
 
 BERT-family activations carry a handful of channels whose magnitude is tens of times the
 rest (the FFN intermediate's input channel, after the attention LayerNorm, in every layer of
-MiniLM); a per-tensor int8 scale sized for them leaves the other channels a few levels.
-Like LLM.int8(), a selected linear ``y = x W^T + b`` becomes::
+MiniLM); a per-tensor int8 scale sized for them leaves the other channels a few levels. Two
+rewrites of a selected linear ``y = x W^T + b``, both exact in float:
+
+``float`` (like LLM.int8()): the outlier channels ``O`` bypass int8::
 
     y = linear(x * mask, W, b)                       # int8: the outlier channels zeroed
-      + matmul(index_select(x, -1, O), W[:, O]^T)    # float32, k = |O| columns (k <= 4)
+      + matmul(index_select(x, -1, O), W[:, O]^T)    # float32, k = |O| columns
 
-The mask multiply fuses into the activation quantize kernel; the side product is a
-``[tokens, k] x [k, out]`` matmul. Side-path nodes carry :data:`FLOAT_META` so the quantizer
-leaves them in float.
+``duplicate`` (outlier channel splitting, Zhao et al. 2019): channel ``j`` becomes ``m_j``
+copies of ``x_j / m_j`` and ``W``'s column ``j`` is repeated ``m_j`` times; ``m_j`` brings
+the copies down to ``threshold`` x the median channel. Everything stays one int8 GEMM with a
+few more input channels; the gather and scale fuse into the activation quantize step.
+
+Side-path nodes of ``float`` carry :data:`FLOAT_META` so the quantizer leaves them in float.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.fx import GraphModule, Node
 
-from .graph_edit import FLOAT_META, add_constant, attr_tensor, copy_meta
+from .graph_edit import FLOAT_META, add_constant, attr_tensor, copy_meta, replace_attr_tensor
 
 aten = torch.ops.aten
 
@@ -33,8 +40,50 @@ def pick_outliers(absmax: torch.Tensor, threshold: float, max_channels: int) -> 
     return sorted(int(i) for i in index)
 
 
+def copies_needed(absmax: torch.Tensor, channels: list[int], threshold: float) -> list[int]:
+    """How many copies bring each channel's ``max |x|`` down to ``threshold`` x the median."""
+    target = threshold * float(absmax.median().clamp(min=1e-12))
+    return [max(2, math.ceil(float(absmax[c]) / target)) for c in channels]
+
+
+def duplicate_outliers(
+    gm: GraphModule, channels: dict[str, list[int]], copies: dict[str, list[int]]
+) -> None:
+    """The ``duplicate`` rewrite of each ``aten.linear`` node named in ``channels``."""
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    for name, picked in channels.items():
+        if not picked:
+            continue
+        node = nodes[name]
+        x, weight_node = node.args[0], node.args[1]
+        if len(weight_node.users) != 1:  # a tied weight: widening it would break the others
+            continue
+        weight = attr_tensor(gm, weight_node).detach()
+        index = list(range(weight.shape[1]))
+        scale = [1.0] * weight.shape[1]
+        for channel, count in zip(picked, copies[name], strict=True):
+            scale[channel] = 1.0 / count
+            index += [channel] * (count - 1)
+            scale += [1.0 / count] * (count - 1)
+        gather = torch.tensor(index, dtype=torch.long)
+        replace_attr_tensor(gm, weight_node, weight[:, gather])
+        index_name = add_constant(gm, f"_fxopt_outlier_gather_{name}", gather)
+        scale_name = add_constant(gm, f"_fxopt_outlier_scale_{name}", torch.tensor(scale))
+        with graph.inserting_before(node):
+            spread = graph.call_function(
+                aten.index_select.default, (x, -1, graph.get_attr(index_name))
+            )
+            scaled = graph.call_function(aten.mul.Tensor, (spread, graph.get_attr(scale_name)))
+        copy_meta(spread, node)
+        copy_meta(scaled, node)
+        node.replace_input_with(x, scaled)
+    graph.lint()
+    gm.recompile()
+
+
 def split_outliers(gm: GraphModule, channels: dict[str, list[int]]) -> None:
-    """Rewrite each ``aten.linear`` node named in ``channels`` as described above."""
+    """The ``float`` rewrite of each ``aten.linear`` node named in ``channels``."""
     graph = gm.graph
     nodes = {n.name: n for n in graph.nodes}
     for name, index in channels.items():

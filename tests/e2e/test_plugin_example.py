@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -91,6 +92,9 @@ def test_example_plugin_installs_and_runs(tmp_path):
     venv = tmp_path / "venv"
     # no pip of its own: this environment's pip installs into it, building with its setuptools
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # built from a copy: pip's build/ and egg-info must not land in the source tree
+    source = tmp_path / "src"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     python = str(venv / "bin" / "python")
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -111,7 +115,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
             "--no-deps",
             "--no-build-isolation",
             "--no-index",
-            str(PACKAGE),
+            str(source),
         ],
         check=True,
     )

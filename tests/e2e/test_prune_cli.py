@@ -72,3 +72,25 @@ def test_ignore_pattern_matching_nothing_fails_naming_candidates(capsys, tmp_pat
         "prunable groups: model.encoder.layer.0.attention.self",
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_config_sizes_survive_a_rerun_resumed_from_the_pass_cache(
+    capsys, tmp_path, tiny_bert_dir, monkeypatch
+):
+    from fxopt.engine import pass_cache
+
+    monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache every pass's result
+    recipe = prune_recipe(tmp_path, "heads = 0.25\nffn = 0.5")
+    first = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "a", "--json")
+    assert first.code == 0, first.err
+    # change only the last pass: the rerun resumes after prune.structured
+    last = '[[passes]]\nname = "cleanup.dce"\n\n[target]'
+    text = recipe.read_text().replace(last, "[target]")
+    recipe.write_text(text)
+    second = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "b", "--json")
+    assert second.code == 0, second.err
+    report = json.loads(second.out)
+    prune = next(p for p in report["passes"] if p["name"] == "prune.structured")
+    assert prune["metrics"]["cached"] is True
+    written = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (written["num_attention_heads"], written["intermediate_size"]) == (3, 32)

@@ -137,3 +137,34 @@ def test_outlier_split_moves_the_planted_channel_to_float(tmp_path):
         reference = Planted().eval()(x)[0]
         errors = [(m.module(x)[0] - reference).norm() / reference.norm() for m in (ir, plain)]
     assert errors[0] < errors[1] / 5
+
+
+def test_duplicate_mode_is_exact_in_float_and_keeps_one_int8_gemm(tmp_path):
+    from fxopt.passes.quantize.outliers import duplicate_outliers
+
+    ir = make_ir(Planted())
+    x = batches(seed=3)[0]["x"]
+    with torch.no_grad():
+        before = ir.module(x)[0]
+    fc2 = next(
+        n
+        for n in ir.graph.nodes
+        if n.target == torch.ops.aten.linear.default and module_name(n) == "fc2"
+    )
+    duplicate_outliers(ir.module, {fc2.name: [0]}, {fc2.name: [4]})
+    with torch.no_grad():
+        assert torch.allclose(ir.module(x)[0], before, rtol=1e-5, atol=1e-5)
+    assert ir.module.fc2.weight.shape == (32, 35)  # channel 0 now 4 columns
+
+    dup, plain = make_ir(Planted()), make_ir(Planted())
+    result = run(
+        dup, tmp_path / "a", outlier_split=True, outlier_mode="duplicate", observer="minmax"
+    )
+    run(plain, tmp_path / "b", observer="minmax")
+    assert result.metrics["outlier_channels"] == {"fc2": [0]}
+    assert not any(n.meta.get(FLOAT_META) for n in dup.graph.nodes)
+    assert count_ops(dup, DQ_WEIGHT) == 4
+    with torch.no_grad():
+        reference = Planted().eval()(x)[0]
+        errors = [(m.module(x)[0] - reference).norm() / reference.norm() for m in (dup, plain)]
+    assert errors[0] < errors[1] / 3  # (the float split, above, does better: exact)
