@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from peers import interleaved
 
 from fxopt.engine.capture import capture
 from fxopt.engine.console import Output
@@ -115,17 +115,10 @@ def main() -> None:
         for name, r in runners.items()
     }
     feeds = {"x": test_x[:BATCH]}
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for runner in runners.values():
-        for _ in range(3):
-            runner.run(feeds)
-    for _ in range(args.rounds):
-        for name, runner in runners.items():
-            for _ in range(args.iters):
-                begin = time.perf_counter()
-                runner.run(feeds)
-                samples[name].append((time.perf_counter() - begin) * 1e3)
-    ms = {name: statistics.median(v) for name, v in samples.items()}
+    ms = {
+        name: timing["ms"]
+        for name, timing in interleaved(runners, feeds, args.rounds, args.iters).items()
+    }
     load_end = os.getloadavg()
 
     import onnxruntime

@@ -23,15 +23,13 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from peers import interleaved, timed
 
 from fxopt.engine.backend import Runner
 from fxopt.engine.capture import capture, effective_dims, effective_inputs
@@ -49,12 +47,6 @@ from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
 from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, TorchRunner
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-int8-cpu.toml"
-
-
-def timed(step: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
-    result = step()
-    return result, time.perf_counter() - start
 
 
 def embed(runner: Runner, batches: list[dict]) -> np.ndarray:
@@ -75,22 +67,6 @@ def fidelity(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
     same = (neighbours(reference) == neighbours(got)).mean()
     return {"cosine_mean": cosine.mean(), "cosine_min": cosine.min(), "nn_agreement": same}
-
-
-def interleaved(runners: dict[str, Runner], feeds: dict, rounds: int, iters: int) -> dict:
-    """Median ms per runner; first-call seconds (compiles) are reported separately."""
-    first = {}
-    for name, runner in runners.items():
-        _, first[name] = timed(lambda r=runner: r.run(feeds))
-        runner.run(feeds)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            for _ in range(iters):
-                start = time.perf_counter()
-                runner.run(feeds)
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return {n: {"ms": statistics.median(v), "first_s": first[n]} for n, v in samples.items()}
 
 
 def dynamic_peers(loaded, names: list[str], fp32_dir: Path, threads: int) -> dict[str, Runner]:

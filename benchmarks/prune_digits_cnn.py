@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from peers import interleaved
 from torch import nn
 
 from fxopt.engine.capture import capture
@@ -116,20 +117,6 @@ def lower(ir, directory: Path, threads: int):
     return backend.load(directory, backend.lower(ir, directory))
 
 
-def alternate(runners, feeds, iters: int, warmup: int = 5) -> list[float]:
-    """Median milliseconds of each runner, calls interleaved so load spikes hit all alike."""
-    for _ in range(warmup):
-        for runner in runners:
-            runner.run(feeds)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(iters):
-        for i, runner in enumerate(runners):
-            start = time.perf_counter()
-            runner.run(feeds)
-            times[i].append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=50)
@@ -164,7 +151,8 @@ def main() -> None:
         timings = {}
         for batch in (8, 64):
             feeds = {"x": torch.cat([b["x"] for b in test])[:batch].numpy()}
-            timings[batch] = alternate([unpruned, recovered], feeds, args.iters)
+            ms = interleaved({"unpruned": unpruned, "pruned": recovered}, feeds, args.iters, 1)
+            timings[batch] = [ms["unpruned"]["ms"], ms["pruned"]["ms"]]
 
     samples = sum(len(b["labels"]) for b in test)
     print()

@@ -29,9 +29,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
 import torch
+from peers import interleaved
 
 from fxopt.engine import hookimpl
 from fxopt.engine.capture import capture
@@ -118,20 +118,6 @@ def lower(ir, directory: Path, threads: int):
     return backend.load(directory, artifact)
 
 
-def alternate(runners, feeds, iters: int, warmup: int = 5) -> list[float]:
-    """Median milliseconds of each runner, calls interleaved so load spikes hit all alike."""
-    for _ in range(warmup):
-        for runner in runners:
-            runner.run(feeds)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(iters):
-        for i, runner in enumerate(runners):
-            start = time.perf_counter()
-            runner.run(feeds)
-            times[i].append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
-
-
 def fidelity(runner, prepared) -> dict[str, float]:
     batches = prepared.splits["verification"]
     reference, got, masks = [], [], []
@@ -189,7 +175,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         unpruned = lower(baseline, Path(tmp) / "unpruned", args.threads)
         pruned = lower(prepared.ir, Path(tmp) / "pruned", args.threads)
-        base_ms, pruned_ms = alternate([unpruned, pruned], feeds, args.iters)
+        ms = interleaved({"unpruned": unpruned, "pruned": pruned}, feeds, args.iters, 1)
+        base_ms, pruned_ms = ms["unpruned"]["ms"], ms["pruned"]["ms"]
         final = fidelity(pruned, prepared)
 
     before = pruned_record.numerics

@@ -60,7 +60,9 @@ class PassContext:
     measures an IR against the reference on the verification inputs (for accuracy-aware
     passes); ``cache_dir`` is where a pass may keep results across runs. ``plugins`` is the
     run's plugin host (registries and hooks, e.g. attacks for ``finetune``); ``resume`` is
-    ``optimize --resume``'s value (a checkpoint path, or ``"latest"``).
+    ``optimize --resume``'s value (a checkpoint path, or ``"latest"``). ``reference_module``
+    is the original model itself, for passes that read its intermediate states (``finetune``'s
+    hidden-state distillation); never modify it.
     """
 
     recipe: Recipe
@@ -71,6 +73,7 @@ class PassContext:
     output: Output
     plugins: PluginHost | None = None
     resume: str | None = None
+    reference_module: torch.nn.Module | None = None
 
 
 class Pass:

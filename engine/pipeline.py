@@ -282,6 +282,7 @@ def _run_passes(
         output=output,
         plugins=host,
         resume=options.resume,
+        reference_module=loaded.module,
     )
     done = run.pass_cache.resume(ir) if run.pass_cache else []
     if run.pass_cache:

@@ -61,6 +61,17 @@ class DistillConfig(PassConfig):
     mse: float | None = Field(default=None, ge=0, description="output / hidden-state MSE")
     cosine: float | None = Field(default=None, ge=0, description="1 - cosine of pooled outputs")
     task: float = Field(default=0.0, ge=0, description="task loss weight, when labels exist")
+    hidden_layers: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of the original model's modules whose outputs the "
+        "student learns too (hidden-state distillation), e.g. model.encoder.layer.*",
+    )
+    hidden: float = Field(
+        default=1.0,
+        ge=0,
+        description="weight of the hidden-state term (MSE relative to the teacher's mean "
+        "square, averaged over the layers)",
+    )
 
 
 class EarlyStopping(PassConfig):
@@ -135,4 +146,6 @@ class FinetuneConfig(PassConfig):
     def _one_warmup(self) -> FinetuneConfig:
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("set warmup_steps or warmup_ratio, not both")
+        if self.distill.hidden_layers and self.objective != "distill":
+            raise ValueError("distill.hidden_layers needs objective = 'distill'")
         return self

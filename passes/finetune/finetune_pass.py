@@ -23,6 +23,7 @@ from . import checkpoint
 from .config import FinetuneConfig
 from .distributed import check_divisible, current_world, process_group
 from .evaluation import accuracy, eval_config, mean_loss
+from .hidden import HiddenStates, matched_modules
 from .modes import GraphMode, move_graph, only_trainable, used_parameters
 from .objectives import Objective, check_labels, make_objective
 from .qat import QuantAware
@@ -97,6 +98,10 @@ class Finetune(Pass):
             mode = GraphMode(
                 ir.module, dropout=config.train_mode, batchnorm=config.batchnorm == "train"
             )
+            hidden = _hidden(ir, ctx, config, file, where)
+            if hidden is not None:
+                stack.callback(hidden.remove)
+                metrics["hidden_layers"] = list(hidden.names)
             teacher = _teacher(ctx, batches, tensors, objective)
             evaluator = _Evaluator(ir, ctx, site, objective, eval_batches, device, amp, config)
             metrics.update(evaluator.measure("before", robust))
@@ -117,6 +122,7 @@ class Finetune(Pass):
                 global_batch=global_batch,
                 recipe_hash=checkpoint.recipe_hash(ctx.recipe),
                 log=_logger(stack, config, world, ctx),
+                hidden=hidden,
             )
             if config.early_stopping is not None and attack is not None:
                 _early_data(trainer, tensors, teacher, config, objective, device, file, where)
@@ -279,6 +285,28 @@ def _limit(batches: list[Batch], samples: int | None) -> list[Batch]:
         out.append({k: v[: samples - taken] for k, v in batch.items()})
         taken += min(size, samples - taken)
     return out
+
+
+def _hidden(
+    ir: ModelIR, ctx: PassContext, config: FinetuneConfig, file: str, where: str
+) -> HiddenStates | None:
+    """Taps and hooks for ``distill.hidden_layers`` (None when the recipe names none)."""
+    patterns = config.distill.hidden_layers
+    field = f"{where}.distill.hidden_layers"
+    if not patterns:
+        return None
+    if ctx.reference_module is None:
+        raise RecipeError(
+            "hidden-state distillation needs the original model, which this run does not give "
+            "the pass",
+            file=file,
+            field=field,
+            fix="distil the outputs only: remove hidden_layers",
+        )
+    names = matched_modules(ctx.reference_module, patterns, file=file, field=field)
+    return HiddenStates(
+        ir, ctx.reference_module, names, config.distill.hidden, file=file, field=field
+    )
 
 
 def _teacher(

@@ -24,6 +24,7 @@ from .attacks import Attack, AttackProblem
 from .config import FinetuneConfig
 from .distributed import World, broadcast_flag, epoch_order, mean_over_ranks
 from .evaluation import accuracy, eval_config
+from .hidden import HiddenStates
 from .modes import GraphMode
 from .objectives import Objective
 from .schedule import scheduler, warmup_steps
@@ -97,6 +98,8 @@ class Trainer:
     log: Callable[[int, dict[str, float]], None] = lambda step, values: None
     early_batches: list[Batch] = field(default_factory=list)
     early_labels: list[torch.Tensor] = field(default_factory=list)
+    #: hidden-state distillation (taps in ``module``, hooks on the original model)
+    hidden: HiddenStates | None = None
 
     def __post_init__(self) -> None:
         self.local_batch = self.global_batch // self.world.size
@@ -193,7 +196,8 @@ class Trainer:
 
         def loss_at(model: torch.nn.Module, delta: torch.Tensor | None) -> torch.Tensor:
             outputs = self.forward(model, self.site.args(batch, delta))
-            return self.objective.loss(outputs, batch, teacher)
+            loss = self.objective.loss(outputs, batch, teacher)
+            return loss if self.hidden is None else loss + self.hidden.loss(batch)
 
         if self.attack is None:
             loss = loss_at(self.model, None)

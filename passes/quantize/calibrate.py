@@ -18,6 +18,8 @@ from torch.fx import GraphModule
 from fxopt.engine.data import Batch
 from fxopt.engine.ir import ModelIR
 
+from .graph_edit import drop_unused_tensors
+
 Inputs = tuple[torch.Tensor, ...]
 
 
@@ -92,7 +94,10 @@ def prepare(gm: GraphModule, quantizer) -> GraphModule:
 
 
 def convert(prepared: GraphModule) -> GraphModule:
-    """Observers become quantize/dequantize ops; weights become int8 constants."""
+    """Observers become quantize/dequantize ops; weights become int8 constants (the float
+    weights they replace are dropped)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(prepared, fold_quantize=True)
+    converted = convert_pt2e(prepared, fold_quantize=True)
+    drop_unused_tensors(converted)
+    return converted

@@ -50,6 +50,28 @@ def add_constant(gm: GraphModule, base: str, value: torch.Tensor) -> str:
     return name
 
 
+def drop_unused_tensors(gm: GraphModule) -> list[str]:
+    """Delete the parameters and buffers no node reads; return their names.
+
+    ``convert_pt2e`` folds each weight's quantize step into a new int8 constant but leaves the
+    float weight registered on the module: exported as is, the artifact would carry both.
+    """
+    used = {str(n.target) for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
+
+    def read(name: str) -> bool:
+        return any(name == u or name.startswith(u + ".") for u in used)
+
+    dropped = []
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if read(name):
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        delattr(gm.get_submodule(owner_path) if owner_path else gm, attr)
+        dropped.append(name)
+    gm.delete_all_unused_submodules()
+    return dropped
+
+
 def copy_meta(new: Node, like: Node) -> None:
     """Give an inserted node the module stack of the node it serves (for names, skips)."""
     if "nn_module_stack" in like.meta:

@@ -159,6 +159,7 @@ def prepare(recipe_path: Path, host=None, *, resume: str | None = None, cache_di
         output=Output(quiet=True),
         plugins=host,
         resume=resume,
+        reference_module=loaded.module,
     )
     return ir, ctx, plan.passes[0]
 

@@ -168,3 +168,15 @@ def test_duplicate_mode_is_exact_in_float_and_keeps_one_int8_gemm(tmp_path):
         reference = Planted().eval()(x)[0]
         errors = [(m.module(x)[0] - reference).norm() / reference.norm() for m in (dup, plain)]
     assert errors[0] < errors[1] / 3  # (the float split, above, does better: exact)
+
+
+def test_float_weights_replaced_by_int8_do_not_stay_in_the_module(tmp_path):
+    """An int8 artifact must be smaller than the float one, not carry both copies."""
+    ir = make_ir(TwoBranch())
+    before = ir.byte_size()
+    run(ir, tmp_path)
+    dtypes = {t.dtype for t in ir.module.parameters()} | {t.dtype for t in ir.module.buffers()}
+    assert torch.int8 in dtypes
+    float_weights = [n for n, t in ir.module.named_parameters() if t.dtype == torch.float32]
+    assert not any(name.endswith("weight") for name in float_weights), float_weights
+    assert ir.byte_size() < before * 0.7  # (per-channel scales and zero points remain)

@@ -1,0 +1,156 @@
+"""Hidden-state distillation: the student also learns the original model's intermediate states.
+
+Distilling a sentence encoder through its pooled embedding gives one vector per sentence to
+match; the states of whole layers, token by token, give hundreds, and hold each pruned layer to
+what its unpruned self produced (as TinyBERT and MiniLM distil). The recipe names modules of the
+original model (``hidden_layers = ["model.encoder.layer.*"]``). The teacher's outputs of those
+modules are read with forward hooks on the original model; the student's with a tap inserted
+after the last graph node each module produced (the graph keeps the module stack of every
+node). The loss is the masked mean squared error relative to the teacher's mean square, so that
+layers of different scale weigh alike. The taps leave the graph when training ends.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import torch
+from torch import fx
+
+from fxopt.engine.errors import RecipeError
+from fxopt.engine.ir import ModelIR
+
+TAP_PREFIX = "fxopt_hidden_tap_"
+Batch = dict[str, torch.Tensor]
+
+
+class Tap(torch.nn.Module):
+    """Identity that keeps the tensor it saw (with its autograd history)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.value = x
+        return x
+
+
+def matched_modules(
+    reference: torch.nn.Module, patterns: Sequence[str], *, file: str, field: str
+) -> list[str]:
+    """Module names of ``reference`` the patterns match, outermost only (a match inside
+    another match adds nothing)."""
+    names = [name for name, _ in reference.named_modules() if name]
+    matched: list[str] = []
+    for index, pattern in enumerate(patterns):
+        hits = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            shown = ", ".join(n for n in names if n.count(".") <= 3)[:300]
+            raise RecipeError(
+                f"hidden_layers pattern {pattern!r} matches no module of the original model",
+                file=file,
+                field=f"{field}[{index}]",
+                fix=f"patterns are fnmatch globs over module names, e.g. {shown}",
+            )
+        matched.extend(hits)
+    unique = list(dict.fromkeys(matched))
+    return [n for n in unique if not any(n.startswith(m + ".") for m in unique)]
+
+
+class HiddenStates:
+    """Taps on the student graph and hooks on the teacher, for the same modules."""
+
+    def __init__(
+        self,
+        ir: ModelIR,
+        reference: torch.nn.Module,
+        names: Sequence[str],
+        weight: float,
+        *,
+        file: str,
+        field: str,
+    ) -> None:
+        self.module, self.reference, self.names, self.weight = ir.module, reference, names, weight
+        self.input_names = ir.input_names
+        self.file, self.field = file, field
+        last: dict[str, fx.Node] = {}
+        for node in ir.graph.nodes:
+            for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+                if path in names:
+                    last[path] = node
+        missing = [n for n in names if n not in last]
+        if missing:
+            raise RecipeError(
+                f"module {missing[0]!r} of the original model has no node in the graph being "
+                "fine-tuned (an earlier pass removed or merged it)",
+                file=file,
+                field=field,
+                fix="name modules that survive the earlier passes, e.g. whole layers",
+            )
+        self.taps: list[Tap] = []
+        self.nodes: list[fx.Node] = []
+        for index, name in enumerate(names):
+            tap = Tap()
+            self.module.add_submodule(f"{TAP_PREFIX}{index}", tap)
+            with ir.graph.inserting_after(last[name]):
+                self.nodes.append(ir.graph.call_module(f"{TAP_PREFIX}{index}", (last[name],)))
+            self.taps.append(tap)
+        self.module.recompile()
+        self._teacher: dict[str, torch.Tensor] = {}
+        self._hooks = [
+            reference.get_submodule(name).register_forward_hook(self._keeper(name))
+            for name in names
+        ]
+        self._last: tuple[Batch, list[torch.Tensor]] | None = None
+
+    def _keeper(self, name: str):
+        def keep(module, args, output) -> None:
+            self._teacher[name] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return keep
+
+    def teacher(self, batch: Batch) -> list[torch.Tensor]:
+        """The original model's states on ``batch`` (computed once per batch object)."""
+        if self._last is not None and self._last[0] is batch:
+            return self._last[1]
+        with torch.no_grad():
+            self.reference(*(batch[name].cpu() for name in self.input_names))
+        device = next(iter(batch.values())).device
+        states = [self._teacher[name].detach().to(device) for name in self.names]
+        self._last = (batch, states)
+        return states
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Weighted relative MSE of the student's tapped states (from its last forward)."""
+        mask = batch.get("attention_mask")
+        total = torch.zeros(())
+        for name, tap, target in zip(self.names, self.taps, self.teacher(batch), strict=True):
+            student = tap.value
+            if student is None or student.shape != target.shape:
+                got = None if student is None else tuple(student.shape)
+                raise RecipeError(
+                    f"hidden state of {name!r} is {got} in the graph being fine-tuned but "
+                    f"{tuple(target.shape)} in the original model",
+                    file=self.file,
+                    field=self.field,
+                    fix="name modules whose output width the earlier passes keep",
+                )
+            error = (student.float() - target.float()) ** 2
+            scale = target.float().pow(2)
+            if mask is not None and error.dim() == 3 and mask.shape == error.shape[:2]:
+                keep = mask.to(error.dtype).unsqueeze(-1)
+                error, scale = error * keep, scale * keep
+            total = total + error.sum() / scale.sum().clamp(min=1e-12)
+        return self.weight * total.to(student.device) / len(self.names)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        for index, node in enumerate(self.nodes):
+            node.replace_all_uses_with(node.args[0])
+            self.module.graph.erase_node(node)
+            self.module.delete_submodule(f"{TAP_PREFIX}{index}")
+        self.module.recompile()
+        self.taps, self.nodes, self._teacher, self._last = [], [], {}, None
