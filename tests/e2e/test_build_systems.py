@@ -58,8 +58,18 @@ def test_make(workspace, tiny_bert_dir):
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 def test_cmake(workspace, tiny_bert_dir):
     source, build = workspace / "cmake", workspace / "cmake-build"
-    run(["cmake", "-S", str(source), "-B", str(build), f"-DMODEL={tiny_bert_dir}",
-         f"-DOPTIMIZE={optimize_command()}"], workspace)
+    run(
+        [
+            "cmake",
+            "-S",
+            str(source),
+            "-B",
+            str(build),
+            f"-DMODEL={tiny_bert_dir}",
+            f"-DOPTIMIZE={optimize_command()}",
+        ],
+        workspace,
+    )
     first = run(["cmake", "--build", str(build)], workspace)
     assert "fxopt: optimizing" in first
     manifest = build / "optimized" / "manifest.json"

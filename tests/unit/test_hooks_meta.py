@@ -15,8 +15,11 @@ from tests.fixtures.plugins import kitchen
 from tests.unit.test_plugins import with_entry_points
 
 ROOT = Path(__file__).resolve().parents[2]
-HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
-               if name.startswith("fxopt_"))
+HOOKS = sorted(
+    name
+    for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+    if name.startswith("fxopt_")
+)
 
 
 def test_there_are_hooks():
@@ -32,7 +35,8 @@ def test_hook_is_documented(hook):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_tested(hook):
     users = [
-        p for p in (ROOT / "tests").rglob("*.py")
+        p
+        for p in (ROOT / "tests").rglob("*.py")
         if p.name != "test_hooks_meta.py" and hook in p.read_text(encoding="utf-8")
     ]
     assert users, f"no test exercises {hook}"
