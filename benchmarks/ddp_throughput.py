@@ -15,7 +15,6 @@ interleaved runs:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -25,8 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from digits_example import digits_module
 
 RECIPE = """
 schema_version = 1
@@ -65,14 +63,6 @@ min_cosine = -1.0
 latency = false
 pass_samples = 0
 """
-
-
-def digits_module():
-    script = ROOT / "examples" / "digits" / "digits_model.py"
-    spec = importlib.util.spec_from_file_location("digits_model", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prepare(directory: Path, steps: int) -> Path:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from digits_example import digits_module
 
 from fxopt.engine import RunOptions, optimize
 from fxopt.engine.recipe import load_recipe, parse_recipe
@@ -33,11 +33,7 @@ def build_model() -> None:
     target = RECIPE.parent / "digits"
     if (target / "model.pt2").exists() and (target / "digits.npz").exists():
         return
-    script = ROOT / "examples" / "digits" / "digits_model.py"
-    spec = importlib.util.spec_from_file_location("digits_model", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(target)
+    digits_module().build(target)
 
 
 def variant(name: str, seed: int) -> dict:

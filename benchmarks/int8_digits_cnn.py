@@ -13,7 +13,6 @@ ONNX Runtime and ours through the torch backend (``torch.compile``), calls inter
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from digits_example import digits_module
 from peers import interleaved
 
 from fxopt.engine.capture import capture
@@ -33,17 +33,7 @@ from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
 from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, TorchRunner
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAIN, TEST, BATCH = 1280, 512, 32
-
-
-def digits_model():
-    """``examples/digits/digits_model.py`` (a script, not a package), loaded by path."""
-    path = ROOT / "examples" / "digits" / "digits_model.py"
-    spec = importlib.util.spec_from_file_location("digits_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def captured(model: torch.nn.Module):
@@ -67,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    digits = digits_model()
+    digits = digits_module()
     x, labels = digits.digits_arrays()
     model = digits.train_cnn(x[:TRAIN], labels[:TRAIN], epochs=args.epochs, width=args.width)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.passes.finetune_support import digits_module
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "fxopt-plugin-example"
@@ -77,16 +78,6 @@ latency = false
 """
 
 
-def digits_model(directory: Path) -> None:
-    """The digits CNN and data of examples/digits (loaded by path: it is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "digits_model", ROOT / "examples" / "digits" / "digits_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(directory, train=1024, epochs=3)
-
-
 @pytest.mark.slow
 def test_example_plugin_installs_and_runs(tmp_path):
     venv = tmp_path / "venv"
@@ -133,7 +124,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
     assert "example.uniform_noise" in {a["name"] for a in listing["attacks"]}
     assert "example.absmax_margin" in {o["name"] for o in listing["observers"]}
 
-    digits_model(tmp_path)
+    digits_module().build(tmp_path, train=1024, epochs=3)
     (tmp_path / "recipe.toml").write_text(textwrap.dedent(RECIPE))
     run = subprocess.run(
         [python, "-m", "fxopt.engine.cli", "recipe.toml", "model.pt2", "-o", "out", "--json"],
