@@ -88,13 +88,7 @@ def _run_parser() -> argparse.ArgumentParser:
         help="build and pass cache (default $FXOPT_CACHE_DIR or ~/.cache/fxopt)",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write caches")
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
-    )
+    _add_plugin_option(parser)
     parser.add_argument(
         "--depfile", type=Path, metavar="PATH", help="write a Make/Ninja depfile of every input"
     )
@@ -112,16 +106,20 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
+    )
+
+
 def _subparser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"optimize {command}")
     if command in ("validate", "passes", "check"):
-        parser.add_argument(
-            "--plugin",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
-        )
+        _add_plugin_option(parser)
     if command == "validate":
         parser.description = "Check a recipe against the installed plugins; run nothing."
         parser.add_argument("recipe", type=Path)

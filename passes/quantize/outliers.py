@@ -46,16 +46,18 @@ def copies_needed(absmax: torch.Tensor, channels: list[int], threshold: float) -
     return [max(2, math.ceil(float(absmax[c]) / target)) for c in channels]
 
 
+def _selected(gm: GraphModule, channels: dict[str, list[int]]) -> list[tuple[str, Node, list[int]]]:
+    """``(node name, node, channels)`` of each linear with channels to rewrite."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    return [(name, nodes[name], picked) for name, picked in channels.items() if picked]
+
+
 def duplicate_outliers(
     gm: GraphModule, channels: dict[str, list[int]], copies: dict[str, list[int]]
 ) -> None:
     """The ``duplicate`` rewrite of each ``aten.linear`` node named in ``channels``."""
     graph = gm.graph
-    nodes = {n.name: n for n in graph.nodes}
-    for name, picked in channels.items():
-        if not picked:
-            continue
-        node = nodes[name]
+    for name, node, picked in _selected(gm, channels):
         x, weight_node = node.args[0], node.args[1]
         if len(weight_node.users) != 1:  # a tied weight: widening it would break the others
             continue
@@ -85,11 +87,7 @@ def duplicate_outliers(
 def split_outliers(gm: GraphModule, channels: dict[str, list[int]]) -> None:
     """The ``float`` rewrite of each ``aten.linear`` node named in ``channels``."""
     graph = gm.graph
-    nodes = {n.name: n for n in graph.nodes}
-    for name, index in channels.items():
-        if not index:
-            continue
-        node = nodes[name]
+    for name, node, index in _selected(gm, channels):
         x, weight_node = node.args[0], node.args[1]
         weight = attr_tensor(gm, weight_node).detach()
         mask = torch.ones(weight.shape[1], dtype=weight.dtype)
