@@ -21,13 +21,21 @@ from typing import Any
 
 from torch.fx import GraphModule
 
-from fxopt.engine.errors import DataError, RecipeError
+from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 from fxopt.engine.registry import Registry
 
 from .cache import Calibration, CalibrationCache, cache_key
-from .calibrate import Inputs, calibration_inputs, convert, import_torchao, observe, prepare
+from .calibrate import (
+    Inputs,
+    calibration_batches,
+    calibration_inputs,
+    convert,
+    import_torchao,
+    observe,
+    prepare,
+)
 from .channel_stats import channel_absmax
 from .config import Int8Config
 from .graph_edit import module_name
@@ -51,14 +59,7 @@ class QuantizeInt8(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: Int8Config = self.config
         label = ctx.recipe.label
-        batches = ctx.batches("calibration")
-        if not batches:
-            raise DataError(
-                "the calibration set is empty",
-                file=label,
-                field="data.calibration",
-                fix="point [data.calibration] at data with at least batch_size samples",
-            )
+        batches = calibration_batches(ctx)
         import_torchao()
         base = ir.module
         notes = _check_selection(base, config, label, ctx)
