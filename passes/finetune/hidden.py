@@ -125,7 +125,7 @@ class HiddenStates:
     def loss(self, batch: Batch) -> torch.Tensor:
         """Weighted relative MSE of the student's tapped states (from its last forward)."""
         mask = batch.get("attention_mask")
-        total = torch.zeros(())
+        terms = []
         for name, tap, target in zip(self.names, self.taps, self.teacher(batch), strict=True):
             student = tap.value
             if student is None or student.shape != target.shape:
@@ -142,8 +142,8 @@ class HiddenStates:
             if mask is not None and error.dim() == 3 and mask.shape == error.shape[:2]:
                 keep = mask.to(error.dtype).unsqueeze(-1)
                 error, scale = error * keep, scale * keep
-            total = total + error.sum() / scale.sum().clamp(min=1e-12)
-        return self.weight * total.to(student.device) / len(self.names)
+            terms.append(error.sum() / scale.sum().clamp(min=1e-12))
+        return self.weight * torch.stack(terms).mean()
 
     def remove(self) -> None:
         for hook in self._hooks:
