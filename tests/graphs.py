@@ -14,7 +14,16 @@ from fxopt.engine.specs import InputSpec
 def capture_module(module: torch.nn.Module, features: int = 8) -> ModelIR:
     """Capture ``module(x)`` with x of shape (batch, features), batch dynamic in 1..32."""
     spec = InputSpec("x", "float32", ("batch", features), -1.0, 1.0)
-    dims = {"batch": DimRange(min=1, opt=4, max=32)}
+    return capture_model(module, spec, {"batch": DimRange(min=1, opt=4, max=32)})
+
+
+def capture_model(
+    module: torch.nn.Module,
+    spec: InputSpec,
+    dims: dict[str, DimRange],
+    config: dict | None = None,
+) -> ModelIR:
+    """Capture ``module`` (a generic task with one input, ``spec``, and one output, ``y``)."""
     loaded = LoadedModel(
         module=module.eval(),
         task="generic",
@@ -22,6 +31,7 @@ def capture_module(module: torch.nn.Module, features: int = 8) -> ModelIR:
         dims=dims,
         output_names=["y"],
         files=[],
+        config=config or {},
     )
     return capture(loaded, [spec], dims, source="test")
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fxopt.engine.capture import capture
 from fxopt.engine.console import Output
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.loading import LoadedModel
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from tests.graphs import capture_model
 
 BATCH = DimRange(min=1, opt=4, max=16)
 SEQUENCE = DimRange(min=2, opt=8, max=32)
@@ -79,21 +78,6 @@ def _randomize_norms(model: nn.Module) -> nn.Module:
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
     return model
-
-
-def capture_model(
-    module: nn.Module, spec: InputSpec, dims: dict[str, DimRange], config: dict | None = None
-) -> ModelIR:
-    loaded = LoadedModel(
-        module=module.eval(),
-        task="generic",
-        inputs=[spec],
-        dims=dims,
-        output_names=["y"],
-        files=[],
-        config=config or {},
-    )
-    return capture(loaded, [spec], dims, source="test")
 
 
 def cnn_ir() -> tuple[nn.Module, ModelIR]:
