@@ -119,6 +119,18 @@ class FinetuneConfig(PassConfig):
         default=True,
         description="train a quantized graph's Q/DQ as fake-quant (quantization-aware training)",
     )
+    group_by_length: bool = Field(
+        default=False,
+        description="batches of similar length, each cut to its longest sequence (by the "
+        "attention mask): text trains faster when most samples are shorter than "
+        "sequence_length",
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of parameters left unchanged, e.g. "
+        "model.embeddings.word_embeddings.* (a vocabulary matrix costs the optimizer as much "
+        "as the rest of a small encoder)",
+    )
     objective: Literal["task", "distill"] = "task"
     distill: DistillConfig = Field(default_factory=DistillConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)

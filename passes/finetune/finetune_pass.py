@@ -19,12 +19,12 @@ from fxopt.engine.errors import DataError, RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 
-from . import checkpoint
+from . import checkpoint, lengths
 from .config import FinetuneConfig
 from .distributed import check_divisible, current_world, process_group
 from .evaluation import accuracy, eval_config, mean_loss
 from .hidden import HiddenStates, matched_modules
-from .modes import GraphMode, move_graph, only_trainable, used_parameters
+from .modes import GraphMode, move_graph, only_trainable, used_parameters, without_frozen
 from .objectives import Objective, check_labels, make_objective
 from .qat import QuantAware
 from .sites import Site, site_in
@@ -93,7 +93,9 @@ class Finetune(Pass):
             if device.type != "cpu":
                 move_graph(ir.module, device)
                 stack.callback(move_graph, ir.module, torch.device("cpu"))
-            parameters = used_parameters(ir.module)
+            parameters = without_frozen(
+                used_parameters(ir.module), config.freeze, file=file, field=f"{where}.freeze"
+            )
             stack.enter_context(only_trainable(ir.module, set(parameters)))
             mode = GraphMode(
                 ir.module, dropout=config.train_mode, batchnorm=config.batchnorm == "train"
@@ -102,7 +104,7 @@ class Finetune(Pass):
             if hidden is not None:
                 stack.callback(hidden.remove)
                 metrics["hidden_layers"] = list(hidden.names)
-            teacher = _teacher(ctx, batches, tensors, objective)
+            teacher = _teacher(ctx, batches, tensors, objective, config.group_by_length)
             evaluator = _Evaluator(ir, ctx, site, objective, eval_batches, device, amp, config)
             metrics.update(evaluator.measure("before", robust))
             stack.enter_context(process_group(world, device))
@@ -310,15 +312,24 @@ def _hidden(
 
 
 def _teacher(
-    ctx: PassContext, batches: list[Batch], tensors: dict[str, torch.Tensor], objective: Objective
+    ctx: PassContext,
+    batches: list[Batch],
+    tensors: dict[str, torch.Tensor],
+    objective: Objective,
+    by_length: bool,
 ) -> TrainData:
-    """The original model's outputs on the fine-tune set: once, when they fit in memory."""
+    """The original model's outputs on the fine-tune set: once, when they fit in memory
+    (with ``group_by_length``, computed on length-sorted batches cut to their longest
+    sequence, as the training batches will be)."""
     if not objective.needs_teacher:
         return TrainData(tensors, None)
     first = ctx.reference(batches[0])
     per_batch = sum(t.numel() * t.element_size() for t in first)
     if per_batch * len(batches) > TEACHER_CACHE_BYTES:
         return TrainData(tensors, None, teacher_fn=ctx.reference)
+    if by_length and "attention_mask" in tensors:
+        size = len(next(iter(batches[0].values())))
+        return TrainData(tensors, lengths.run_by_length(ctx.reference, tensors, size))
     outputs = [first] + [ctx.reference(b) for b in batches[1:]]
     return TrainData(tensors, [torch.cat([o[i] for o in outputs]) for i in range(len(first))])
 

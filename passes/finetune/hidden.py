@@ -8,6 +8,11 @@ modules are read with forward hooks on the original model; the student's with a 
 after the last graph node each module produced (the graph keeps the module stack of every
 node). The loss is the masked mean squared error relative to the teacher's mean square, so that
 layers of different scale weigh alike. The taps leave the graph when training ends.
+
+The teacher's states do not change between epochs, and its forward is about a quarter of a
+step (one forward of the full model against the student's forward and backward), so each
+sample's states are kept after their first computation, its real tokens only, in float16,
+while they fit in :data:`CACHE_BYTES`; later epochs assemble batches from them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,52 @@ from torch import fx
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 
+from .lengths import lengths
+
 TAP_PREFIX = "fxopt_hidden_tap_"
+#: memory for the teacher's states kept between epochs
+CACHE_BYTES = 1 << 30
 Batch = dict[str, torch.Tensor]
+
+
+class StateCache:
+    """Per sample: the teacher's state of each module at its real tokens (right padding
+    dropped), in float16 where the values fit, until the budget is spent."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget = budget
+        self.used = 0
+        self.rows: dict[int, list[torch.Tensor]] = {}
+
+    def get(self, indices: Sequence[int], width: int) -> list[torch.Tensor] | None:
+        """The states of a batch of ``width`` positions, zeros where padding; None unless
+        every sample is kept."""
+        if not indices or any(i not in self.rows for i in indices):
+            return None
+        first = self.rows[indices[0]]
+        out = [torch.zeros(len(indices), width, *t.shape[1:]) for t in first]
+        for row, index in enumerate(indices):
+            for layer, value in zip(out, self.rows[index], strict=True):
+                if len(value) > width:
+                    return None
+                layer[row, : len(value)] = value.float()
+        return out
+
+    def put(self, indices: Sequence[int], states: list[torch.Tensor], lengths: list[int]) -> None:
+        if any(t.dim() < 2 or len(t) != len(indices) for t in states):
+            return
+        for row, (index, length) in enumerate(zip(indices, lengths, strict=True)):
+            kept = [_compact(t[row, :length]) for t in states]
+            size = sum(t.numel() * t.element_size() for t in kept)
+            if self.used + size > self.budget:
+                return
+            self.rows[index] = kept
+            self.used += size
+
+
+def _compact(value: torch.Tensor) -> torch.Tensor:
+    half = value.detach().cpu().to(torch.float16)
+    return half if bool(torch.isfinite(half).all()) else value.detach().cpu().clone()
 
 
 class Tap(torch.nn.Module):
@@ -104,6 +153,7 @@ class HiddenStates:
             for name in names
         ]
         self._last: tuple[Batch, list[torch.Tensor]] | None = None
+        self.cache = StateCache()
 
     def _keeper(self, name: str):
         def keep(module, args, output) -> None:
@@ -111,22 +161,33 @@ class HiddenStates:
 
         return keep
 
-    def teacher(self, batch: Batch) -> list[torch.Tensor]:
-        """The original model's states on ``batch`` (computed once per batch object)."""
+    def teacher(self, batch: Batch, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The original model's states on ``batch`` (computed once per batch object, and
+        once per sample when ``indices`` names the samples)."""
         if self._last is not None and self._last[0] is batch:
             return self._last[1]
-        with torch.no_grad():
-            self.reference(*(batch[name].cpu() for name in self.input_names))
         device = next(iter(batch.values())).device
-        states = [self._teacher[name].detach().to(device) for name in self.names]
+        mask = batch.get("attention_mask")
+        width = next(iter(batch.values())).shape[1] if mask is None else mask.shape[1]
+        states = self.cache.get(indices, width) if indices is not None else None
+        if states is None:
+            with torch.no_grad():
+                self.reference(*(batch[name].cpu() for name in self.input_names))
+            states = [self._teacher[name].detach() for name in self.names]
+            if indices is not None:
+                self.cache.put(indices, states, _lengths(mask, width, len(indices)))
+        states = [t.to(device) for t in states]
         self._last = (batch, states)
         return states
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Weighted relative MSE of the student's tapped states (from its last forward)."""
+    def loss(self, batch: Batch, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Weighted relative MSE of the student's tapped states (from its last forward);
+        ``indices``: which fine-tune samples the batch holds, for the teacher's cache."""
         mask = batch.get("attention_mask")
         terms = []
-        for name, tap, target in zip(self.names, self.taps, self.teacher(batch), strict=True):
+        for name, tap, target in zip(
+            self.names, self.taps, self.teacher(batch, indices), strict=True
+        ):
             student = tap.value
             if student is None or student.shape != target.shape:
                 got = None if student is None else tuple(student.shape)
@@ -154,3 +215,11 @@ class HiddenStates:
             self.module.delete_submodule(f"{TAP_PREFIX}{index}")
         self.module.recompile()
         self.taps, self.nodes, self._teacher, self._last = [], [], {}, None
+        self.cache = StateCache()
+
+
+def _lengths(mask: torch.Tensor | None, width: int, rows: int) -> list[int]:
+    """Real tokens per row: up to the last attended position (all, without a mask)."""
+    if mask is None or mask.dim() != 2:
+        return [width] * rows
+    return lengths(mask).tolist()

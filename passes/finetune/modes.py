@@ -10,11 +10,14 @@ undoes it exactly, so the graph handed to later passes is the eval graph again.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import fx
+
+from fxopt.engine.errors import RecipeError
 
 #: op -> index of its "training" argument
 DROPOUT_OPS = {
@@ -68,6 +71,34 @@ def used_parameters(module: fx.GraphModule) -> dict[str, torch.nn.Parameter]:
     wait for theirs forever."""
     targets = {n.target for n in module.graph.nodes if n.op == "get_attr"}
     return {name: p for name, p in module.named_parameters() if name in targets}
+
+
+def without_frozen(
+    parameters: dict[str, torch.nn.Parameter], patterns: list[str], *, file: str, field: str
+) -> dict[str, torch.nn.Parameter]:
+    """``parameters`` less the ones the ``freeze`` patterns match; a pattern matching none,
+    or freezing them all, is a recipe error."""
+    frozen: set[str] = set()
+    for index, pattern in enumerate(patterns):
+        hits = {name for name in parameters if fnmatch.fnmatchcase(name, pattern)}
+        if not hits:
+            shown = ", ".join(list(parameters)[:6])
+            raise RecipeError(
+                f"freeze pattern {pattern!r} matches no trained parameter",
+                file=file,
+                field=f"{field}[{index}]",
+                fix=f"patterns are fnmatch globs over parameter names, e.g. {shown}",
+            )
+        frozen |= hits
+    left = {name: p for name, p in parameters.items() if name not in frozen}
+    if not left:
+        raise RecipeError(
+            "freeze leaves no parameter to train",
+            file=file,
+            field=field,
+            fix="freeze fewer parameters, or remove the finetune pass",
+        )
+    return left
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 from torch import fx
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint
+from . import checkpoint, lengths
 from .attacks import Attack, AttackProblem
 from .config import FinetuneConfig
 from .distributed import World, broadcast_flag, epoch_order, mean_over_ranks
@@ -40,6 +40,8 @@ class TrainData:
     tensors: dict[str, torch.Tensor]
     teacher: list[torch.Tensor] | None
     teacher_fn: Callable[[Batch], list[torch.Tensor]] | None = None
+    #: cut each batch to its longest sequence (``group_by_length``)
+    trim: bool = False
 
     @property
     def size(self) -> int:
@@ -49,13 +51,19 @@ class TrainData:
         self, indices: list[int], device: torch.device
     ) -> tuple[Batch, list[torch.Tensor] | None]:
         index = torch.tensor(indices, dtype=torch.long)
-        batch = {k: v[index].to(device) for k, v in self.tensors.items()}
-        if self.teacher is not None:
-            return batch, [t[index].to(device) for t in self.teacher]
-        if self.teacher_fn is not None:
-            cpu = {k: v[index] for k, v in self.tensors.items()}
-            return batch, [t.to(device) for t in self.teacher_fn(cpu)]
-        return batch, None
+        cpu = {k: v[index] for k, v in self.tensors.items()}
+        teacher = [t[index] for t in self.teacher] if self.teacher is not None else None
+        if self.trim:
+            cpu, teacher = lengths.trim(cpu, teacher)
+        if teacher is None and self.teacher_fn is not None:
+            teacher = self.teacher_fn(cpu)
+        batch = {k: v.to(device) for k, v in cpu.items()}
+        return batch, [t.to(device) for t in teacher] if teacher is not None else None
+
+    def sample_lengths(self) -> torch.Tensor | None:
+        """Each sample's length by its attention mask (None without one)."""
+        mask = self.tensors.get("attention_mask")
+        return lengths.lengths(mask) if mask is not None and mask.dim() == 2 else None
 
 
 @dataclass
@@ -135,6 +143,8 @@ class Trainer:
         self.losses: list[float] = []
         self.lrs: list[float] = []
         self._orders: dict[int, list[int]] = {}
+        self.sample_lengths = self.data.sample_lengths() if config.group_by_length else None
+        self.data.trim = self.sample_lengths is not None
 
     # -- forward / backward -------------------------------------------------------------
 
@@ -159,9 +169,11 @@ class Trainer:
     def indices(self, step: int) -> list[int]:
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch not in self._orders:
-            self._orders = {
-                epoch: epoch_order(self.world, self.data.size, epoch, self.config.seed, True)
-            }
+            order = epoch_order(self.world, self.data.size, epoch, self.config.seed, True)
+            if self.sample_lengths is not None:
+                seed = self.config.seed * 1_000_003 + epoch
+                order = lengths.grouped(order, self.sample_lengths, self.local_batch, seed)
+            self._orders = {epoch: order}
         order = self._orders[epoch]
         return order[position * self.local_batch : (position + 1) * self.local_batch]
 
@@ -191,13 +203,14 @@ class Trainer:
         epoch = step // self.steps_per_epoch
         seed = (config.seed * 1_000_003 + step) * 64 + self.world.rank
         torch.manual_seed(seed)
-        batch, teacher = self.data.batch(self.indices(step), self.device)
+        indices = self.indices(step)
+        batch, teacher = self.data.batch(indices, self.device)
         self.hooks.begin(step=step, epoch=epoch, batch=batch, model=self.module)
 
         def loss_at(model: torch.nn.Module, delta: torch.Tensor | None) -> torch.Tensor:
             outputs = self.forward(model, self.site.args(batch, delta))
             loss = self.objective.loss(outputs, batch, teacher)
-            return loss if self.hidden is None else loss + self.hidden.loss(batch)
+            return loss if self.hidden is None else loss + self.hidden.loss(batch, indices)
 
         if self.attack is None:
             loss = loss_at(self.model, None)

@@ -46,10 +46,11 @@ class PruneConfig(PassConfig):
         description="share of a hidden width (residual stream, spanned by LayerNorm or an "
         "embedding) removed; changes normalization statistics, so never implied by `ratio`",
     )
-    criterion: Literal["l1", "l2", "taylor"] = Field(
+    criterion: Literal["l1", "l2", "taylor", "activation"] = Field(
         default="l2",
-        description="l1 / l2 weight magnitude, or taylor (weight x gradient on "
-        "the calibration set)",
+        description="l1 / l2 weight magnitude, taylor (weight x gradient on the calibration "
+        "set), or activation (how far the layers reading a unit move their outputs when it "
+        "is removed, on the calibration set)",
     )
     reconstruct: bool = Field(
         default=False,

@@ -8,6 +8,13 @@
   classifier the loss is cross-entropy; otherwise (embeddings, regression) it is a random
   projection of the outputs, so the score estimates ``E ||J w||^2``, how far the outputs move
   when the unit is zeroed. Squared per batch and summed over batches.
+- ``activation``: how far each Linear reading the unit moves its output when the unit is
+  removed, on the calibration data: ``sum ||x_u W_u^T||^2`` over the tokens, from the Gram
+  matrix of the Linear's input (``x_u``: the unit's input channels, a whole head for an
+  attention head, with the correlations inside it). Weight magnitude alone misses that a
+  small weight can read a large activation (BERT's outlier channels); Taylor's random
+  projections are noisy on a few calibration batches. This is the structured form of the
+  activation-aware scores of Wanda (Sun et al., 2023) and FLAP (An et al., 2024).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from fxopt.engine.data import Batch
 from .graph import DependencyGraph
 from .group import Group
 
-CRITERIA = ("l1", "l2", "taylor")
+CRITERIA = ("l1", "l2", "taylor", "activation")
 
 
 def magnitude(
@@ -112,3 +119,30 @@ def _loss(outputs: list, batch: Batch, generator: torch.Generator) -> torch.Tens
             direction = torch.randn(out.shape, generator=generator).to(out.dtype)
             loss = loss + (out * direction).sum()
     return loss
+
+
+def removal_energy(
+    module: torch.nn.Module,
+    deps: DependencyGraph,
+    groups: Sequence[Group],
+    readers: Sequence[tuple[str, int]],
+    grams: dict[str, torch.Tensor],
+) -> dict[int, np.ndarray]:
+    """``activation`` scores from the input Gram matrices of the Linears in ``readers``
+    (``(weight name, space id of its input axis)``)."""
+    params = dict(module.named_parameters())
+    scores = {g.id: np.zeros(g.size) for g in groups}
+    for weight_name, space_id in readers:
+        gram = grams.get(weight_name)
+        if gram is None:
+            continue
+        weight = params[weight_name].detach().double()
+        for group in groups:
+            if group.id not in deps.spaces.bases(space_id):
+                continue
+            for unit in range(group.size):
+                idx = deps.spaces.keep(space_id, {group.id: np.array([unit])})
+                index = torch.as_tensor(idx)
+                w = weight[:, index]
+                scores[group.id][unit] += float(((w @ gram[index][:, index]) * w).sum())
+    return scores

@@ -26,6 +26,7 @@ from torch import fx
 
 from fxopt.engine.data import Batch
 
+from .dims import Dim
 from .graph import DependencyGraph
 
 LINEAR = "aten.linear.default"
@@ -46,33 +47,51 @@ class Consumer:
     rows: np.ndarray | None
 
 
-def consumers(module: fx.GraphModule, deps: DependencyGraph, keep: dict) -> list[Consumer]:
-    """Every ``aten.linear`` with a parameter weight whose in-features ``keep`` shrinks."""
-    found = []
+def linears(module: fx.GraphModule):
+    """``(node, weight name, bias name or None)`` of every ``aten.linear`` whose weight is a
+    parameter."""
     for node in module.graph.nodes:
         if str(node.target) != LINEAR or node.args[1].op != "get_attr":
-            continue
-        weight = str(node.args[1].target)
-        columns = _kept(deps, weight, 1, keep)
-        if columns is None:
             continue
         bias = node.args[2] if len(node.args) > 2 else None
         bias_name = (
             str(bias.target) if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
         )
-        found.append(Consumer(node, weight, bias_name, columns, _kept(deps, weight, 0, keep)))
+        yield node, str(node.args[1].target), bias_name
+
+
+def consumers(module: fx.GraphModule, deps: DependencyGraph, keep: dict) -> list[Consumer]:
+    """Every ``aten.linear`` with a parameter weight whose in-features ``keep`` shrinks."""
+    found = []
+    for node, weight, bias in linears(module):
+        columns = _kept(deps, weight, 1, keep)
+        if columns is not None:
+            found.append(Consumer(node, weight, bias, columns, _kept(deps, weight, 0, keep)))
+    return found
+
+
+def readers(
+    module: fx.GraphModule, deps: DependencyGraph, group_ids: set[int]
+) -> list[tuple[fx.Node, str, int]]:
+    """``(node, weight name, input space id)`` of every ``aten.linear`` whose input features
+    are (or are made of) one of the groups ``group_ids``."""
+    found = []
+    for node, weight, _ in linears(module):
+        space_id = deps.spaces.of_dim.get(Dim("attr:" + weight, 1))
+        if space_id is not None and deps.spaces.bases(space_id) & group_ids:
+            found.append((node, weight, space_id))
     return found
 
 
 def input_grams(
     module: fx.GraphModule,
-    found: Sequence[Consumer],
+    inputs: dict[fx.Node, str],
     batches: Sequence[Batch],
     input_names: Sequence[str],
     advance: Callable[[int], None] = lambda n: None,
 ) -> dict[str, torch.Tensor]:
-    """``[X, 1]^T [X, 1]`` of each consumer's input over the batches, in float64."""
-    wanted = {c.node.args[0]: c.weight for c in found}
+    """``[X, 1]^T [X, 1]`` over the batches, in float64, of each node in ``inputs`` (the
+    input of a Linear), keyed by the name ``inputs`` gives it (the Linear's weight)."""
     grams: dict[str, torch.Tensor] = {}
 
     class Recorder(fx.Interpreter):
@@ -80,11 +99,11 @@ def input_grams(
 
         def run_node(self, node: fx.Node):
             out = super().run_node(node)
-            if node in wanted:
+            if node in inputs:
                 rows = _rows(out, self.mask)
                 ones = torch.ones(len(rows), 1, dtype=rows.dtype)
                 x = torch.cat([rows, ones], dim=1)
-                grams[wanted[node]] = grams.get(wanted[node], 0) + x.T @ x
+                grams[inputs[node]] = grams.get(inputs[node], 0) + x.T @ x
             return out
 
     with torch.no_grad():

@@ -26,7 +26,7 @@ from .config import PruneConfig
 from .graph import ChannelDependencies, DependencyGraph
 from .group import Group
 from .hf_config import updated_config
-from .importance import magnitude, taylor
+from .importance import magnitude, removal_energy, taylor
 from .pruners import PrunerTable
 from .rewrite import prune_in_place, reexport
 from .selection import Decision, select
@@ -90,18 +90,26 @@ class StructuredPrune(Pass):
 
     def _scores(self, ir, deps: DependencyGraph, targets: list[Group], ctx: PassContext):
         criterion = self.config.criterion  # type: ignore[attr-defined]
-        if criterion != "taylor":
+        if criterion in ("l1", "l2"):
             return magnitude(ir.module, deps, targets, 1 if criterion == "l1" else 2)
-        batches = _calibration(ctx, "criterion 'taylor'", "or use criterion = 'l2'")
-        with ctx.output.task("taylor importance", len(batches)) as advance:
-            return taylor(ir.module, deps, targets, batches, ir.input_names, advance)
+        batches = _calibration(ctx, f"criterion {criterion!r}", "or use criterion = 'l2'")
+        if criterion == "taylor":
+            with ctx.output.task("taylor importance", len(batches)) as advance:
+                return taylor(ir.module, deps, targets, batches, ir.input_names, advance)
+        readers = reconstruct.readers(ir.module, deps, {g.id for g in targets})
+        inputs = {node.args[0]: weight for node, weight, _ in readers}
+        with ctx.output.task("activation importance", len(batches)) as advance:
+            grams = reconstruct.input_grams(ir.module, inputs, batches, ir.input_names, advance)
+        spaces = [(weight, space_id) for _, weight, space_id in readers]
+        return removal_energy(ir.module, deps, targets, spaces, grams)
 
     @staticmethod
     def _reconstruction(ir, deps: DependencyGraph, keep: dict, ctx: PassContext) -> dict:
         batches = _calibration(ctx, "reconstruct = true", "or set reconstruct = false")
         found = reconstruct.consumers(ir.module, deps, keep)
         with ctx.output.task("reconstruction statistics", len(batches)) as advance:
-            grams = reconstruct.input_grams(ir.module, found, batches, ir.input_names, advance)
+            inputs = {c.node.args[0]: c.weight for c in found}
+            grams = reconstruct.input_grams(ir.module, inputs, batches, ir.input_names, advance)
         return reconstruct.refit(ir.module, found, grams, reconstruct.DAMPING)
 
     @staticmethod

@@ -7,7 +7,7 @@ import torch
 
 from fxopt.engine.errors import RecipeError
 from fxopt.passes.finetune import FinetuneConfig
-from fxopt.passes.finetune.hidden import TAP_PREFIX, HiddenStates, matched_modules
+from fxopt.passes.finetune.hidden import TAP_PREFIX, HiddenStates, StateCache, matched_modules
 from tests.passes.finetune_support import prepare
 from tests.passes.test_finetune_distill import bert_recipe, cosine_to_teacher, damage
 
@@ -113,3 +113,29 @@ def test_validate_refuses_hidden_layers_without_distillation(tmp_path, tiny_bert
     recipe.write_text(recipe.read_text().replace('objective = "distill"', 'objective = "task"'))
     result = run_cli(capsys, "validate", recipe)
     assert_clean_failure(result, 2, "passes[0].config", "needs objective = 'distill'")
+
+
+def test_teacher_states_are_kept_per_sample_and_reassembled(tmp_path, tiny_bert_dir):
+    """Later epochs read the teacher's states from memory: the same samples in another
+    order (another batch) get the same states at their real tokens, without a forward."""
+    ir, ctx, _ = prepare(bert_recipe(tmp_path, tiny_bert_dir))
+    hidden = taps(ir, ctx)
+    forwards = []
+    ctx.reference_module.register_forward_hook(lambda *_: forwards.append(1))
+    batch = ctx.batches("verification")[0]
+    first = hidden.teacher(batch, indices=list(range(100, 108)))
+    order = [5, 2, 7, 0, 1, 6, 3, 4]
+    again = {k: v[order] for k, v in batch.items()}
+    second = hidden.teacher(again, indices=[100 + i for i in order])
+    assert len(forwards) == 1
+    mask = again["attention_mask"].bool()
+    assert mask.sum() < mask.numel()  # padding exists, and only real tokens are compared
+    for a, b in zip(first, second, strict=True):
+        want, got = a[order][mask], b[mask]
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+        assert float(b[~mask].abs().max()) == 0.0
+    hidden.cache = StateCache(budget=0)  # nothing fits: every batch runs the teacher
+    hidden.teacher(batch, indices=list(range(8)))
+    hidden.teacher(again, indices=order)
+    assert len(forwards) == 3
+    hidden.remove()

@@ -15,7 +15,7 @@ from fxopt.passes.prune.config import PruneConfig
 from fxopt.passes.prune.hf_config import updated_config
 from fxopt.passes.prune.rules_pointwise import Elementwise
 from fxopt.passes.prune.structured import StructuredPrune
-from tests.passes.prune_models import BATCH, capture_model, cnn_ir, context
+from tests.passes.prune_models import BATCH, bert_ir, capture_model, cnn_ir, context
 
 
 class TwoBranches(nn.Module):
@@ -134,10 +134,11 @@ def test_builtin_layer_pruners_register_through_the_hook(host):
     ("config", "what"),
     [
         ({"criterion": "taylor"}, "criterion 'taylor'"),
+        ({"criterion": "activation"}, "criterion 'activation'"),
         ({"reconstruct": True}, "reconstruct = true"),
     ],
 )
-def test_calibration_data_is_required_by_taylor_and_reconstruction(config, what):
+def test_calibration_data_is_required_by_data_driven_criteria_and_reconstruction(config, what):
     _, ir = branches_ir()
     with pytest.raises(RecipeError) as info:
         run(ir, ffn=0.5, **config)
@@ -160,18 +161,87 @@ def test_taylor_keeps_the_neurons_that_move_the_output(labels):
         | ({"labels": torch.randint(0, 3, (8,), generator=generator)} if labels else {})
         for _ in range(4)
     ]
-    kept = {}
-    for criterion in ("l1", "taylor"):
-        _, fresh = branches_ir()
-        fresh.module.load_state_dict(ir.module.state_dict())
-        result, _ = run(fresh, ctx=context(calibration=batches), ffn=0.5, criterion=criterion)
-        weight = dict(result.ir.module.named_parameters())["fc3.weight"]
-        original = params["fc3.weight"]
-        kept[criterion] = {
-            int(torch.nonzero((original == row).all(dim=1))[0]) for row in weight.detach()
-        }
-    assert kept["l1"] & {0, 1, 2, 3}  # magnitude keeps some of the useless ones
-    assert kept["taylor"] == {4, 5, 6, 7}
+    assert kept_neurons(ir, batches, "l1") & {0, 1, 2, 3}  # magnitude keeps useless ones
+    assert kept_neurons(ir, batches, "taylor") == {4, 5, 6, 7}
+
+
+def _kept_rows(original: torch.Tensor, pruned: torch.Tensor, width: int = 1) -> set[int]:
+    """Which units (blocks of ``width`` rows) of ``original`` survive in ``pruned``."""
+    rows = {int(torch.nonzero((original == row).all(dim=1))[0]) for row in pruned.detach()}
+    return {r // width for r in rows}
+
+
+def kept_neurons(ir, batches: list, criterion: str) -> set[int]:
+    """The fc3 neurons a copy of ``ir`` keeps when half are pruned by ``criterion``."""
+    _, fresh = branches_ir()
+    fresh.module.load_state_dict(ir.module.state_dict())
+    result, _ = run(fresh, ctx=context(calibration=batches), ffn=0.5, criterion=criterion)
+    pruned = dict(result.ir.module.named_parameters())["fc3.weight"]
+    return _kept_rows(dict(ir.module.named_parameters())["fc3.weight"], pruned)
+
+
+def test_activation_keeps_the_neurons_whose_removal_moves_the_reader_most():
+    """Scores by hand: neuron u of fc3 feeds fc4 through relu, so removing it moves fc4's
+    output by ``sum_tokens relu(fc3(x))_u^2 * ||fc4.weight[:, u]||^2``. Neurons 0-3 get the
+    largest weights into them but fc4 reads them faintly: l2 keeps them, activation not."""
+    _, ir = branches_ir()
+    params = dict(ir.module.named_parameters())
+    with torch.no_grad():
+        params["fc3.weight"][:4] *= 4
+        params["fc4.weight"][:, :4] *= 0.01
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(8, 4, generator=generator)} for _ in range(4)]
+    with torch.no_grad():
+        hidden = torch.cat(
+            [
+                torch.relu(nn.functional.linear(b["x"], params["fc3.weight"], params["fc3.bias"]))
+                for b in batches
+            ]
+        )
+        hand = hidden.pow(2).sum(0) * params["fc4.weight"].pow(2).sum(0)
+    best = set(torch.topk(hand, 4).indices.tolist())
+    assert kept_neurons(ir, batches, "activation") == best
+    assert best.isdisjoint({0, 1, 2, 3})
+    assert kept_neurons(ir, batches, "l2") & {0, 1, 2, 3}
+
+
+def test_activation_scores_a_head_by_what_the_output_projection_reads_from_it():
+    """A head is scored as a whole: ``||x_h W_h^T||^2`` over the tokens, with ``x_h`` the
+    head's slice of the attention output projection's input (correlations inside it count)."""
+    eager, ir = bert_ir(layers=1)
+    prefix = "m.encoder.layer.0.attention."
+    louder = {prefix + "self.value.weight": (slice(0, 16), 6.0)}  # head 0 loud in the input
+    louder[prefix + "output.dense.weight"] = ((slice(None), slice(48, 64)), 0.1)  # 3 faint
+    with torch.no_grad():
+        for name, (where, factor) in louder.items():
+            value = dict(eager.named_parameters())[name].detach().clone()
+            value[where] *= factor
+            for model in (eager, ir.module):
+                dict(model.named_parameters())[name].copy_(value)
+    attention = eager.m.encoder.layer[0].attention
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randint(0, 100, (4, 8), generator=generator)} for _ in range(3)]
+    seen = []
+    hook = attention.output.dense.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        for batch in batches:
+            eager(batch["x"])
+    hook.remove()
+    x = torch.cat([s.reshape(-1, 64) for s in seen])
+    weight = attention.output.dense.weight.detach()
+    hand = torch.stack(
+        [
+            (x[:, h * 16 : (h + 1) * 16] @ weight[:, h * 16 : (h + 1) * 16].T).pow(2).sum()
+            for h in range(4)
+        ]
+    )
+    result, _ = run(ir, ctx=context(calibration=batches), heads=0.5, criterion="activation")
+    name = "m.encoder.layer.0.attention.self.query.weight"
+    pruned = dict(result.ir.module.named_parameters())[name]
+    original = dict(eager.named_parameters())[name]
+    assert _kept_rows(original, pruned, width=16) == set(torch.topk(hand, 2).indices.tolist())
+    assert 0 in set(torch.topk(hand, 2).indices.tolist())
+    assert 3 not in set(torch.topk(hand, 2).indices.tolist())
 
 
 def test_config_sizes_under_the_models_own_keys():
