@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import DataError
+
 if TYPE_CHECKING:
     import torch
 
@@ -74,6 +76,21 @@ class PassContext:
     plugins: PluginHost | None = None
     resume: str | None = None
     reference_module: torch.nn.Module | None = None
+
+    def required_batches(self, split: str, needed_by: str, alternative: str = "") -> list[Batch]:
+        """The split's batches; none is a :class:`DataError` naming ``data.<split>``, what
+        needed it and the fix, worded the same for every pass (``alternative``: another way
+        out, e.g. "or use criterion = 'l2'")."""
+        batches = self.batches(split)
+        if not batches:
+            raise DataError(
+                f"{needed_by} needs the {split} set, and it is empty",
+                file=self.recipe.label,
+                field=f"data.{split}",
+                fix=f"add a [data.{split}] table with at least batch_size samples"
+                + (f", {alternative}" if alternative else ""),
+            )
+        return batches
 
 
 class Pass:

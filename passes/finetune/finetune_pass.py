@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fxopt.engine.errors import DataError, RecipeError
+from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 
@@ -50,14 +50,7 @@ class Finetune(Pass):
         world = current_world()
         device = _device(config, world, file, where)
         amp = _amp(config, device, file, where)
-        batches = ctx.batches("finetune")
-        if not batches:
-            raise DataError(
-                "the fine-tune pass needs training data and the fine-tune set is empty",
-                file=file,
-                field="data.finetune",
-                fix="add a [data.finetune] table (source, path, samples, batch_size)",
-            )
+        batches = ctx.required_batches("finetune", self.name)
         objective = make_objective(config.objective, ir.meta.task, config.distill)
         check_labels(objective, batches, file=file)
         attack = None

@@ -92,7 +92,9 @@ class StructuredPrune(Pass):
         criterion = self.config.criterion  # type: ignore[attr-defined]
         if criterion in ("l1", "l2"):
             return magnitude(ir.module, deps, targets, 1 if criterion == "l1" else 2)
-        batches = _calibration(ctx, f"criterion {criterion!r}", "or use criterion = 'l2'")
+        batches = ctx.required_batches(
+            "calibration", f"criterion {criterion!r}", "or use criterion = 'l2'"
+        )
         if criterion == "taylor":
             with ctx.output.task("taylor importance", len(batches)) as advance:
                 return taylor(ir.module, deps, targets, batches, ir.input_names, advance)
@@ -105,7 +107,9 @@ class StructuredPrune(Pass):
 
     @staticmethod
     def _reconstruction(ir, deps: DependencyGraph, keep: dict, ctx: PassContext) -> dict:
-        batches = _calibration(ctx, "reconstruct = true", "or set reconstruct = false")
+        batches = ctx.required_batches(
+            "calibration", "reconstruct = true", "or set reconstruct = false"
+        )
         found = reconstruct.consumers(ir.module, deps, keep)
         with ctx.output.task("reconstruction statistics", len(batches)) as advance:
             inputs = {c.node.args[0]: c.weight for c in found}
@@ -121,18 +125,6 @@ class StructuredPrune(Pass):
         for note in notes:
             ctx.output.warn(f"prune.structured: {note}")
         return new
-
-
-def _calibration(ctx: PassContext, what: str, alternative: str) -> list:
-    batches = ctx.batches("calibration")
-    if not batches:
-        raise RecipeError(
-            f"{what} needs calibration data",
-            file=ctx.recipe.label,
-            field="data.calibration",
-            fix=f"add a [data.calibration] table, {alternative}",
-        )
-    return batches
 
 
 def _ignored(groups: list[Group], patterns: list[str], ctx: PassContext) -> set[str]:

@@ -16,27 +16,11 @@ import torch
 from torch.fx import GraphModule
 
 from fxopt.engine.data import Batch
-from fxopt.engine.errors import DataError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.pass_base import PassContext
 
 from .graph_edit import drop_unused_tensors
 
 Inputs = tuple[torch.Tensor, ...]
-
-
-def calibration_batches(ctx: PassContext) -> list[Batch]:
-    """The recipe's calibration batches; an empty set is the user's to fix, said once here
-    for every pass that calibrates."""
-    batches = ctx.batches("calibration")
-    if not batches:
-        raise DataError(
-            "the calibration set is empty",
-            file=ctx.recipe.label,
-            field="data.calibration",
-            fix="point [data.calibration] at data with at least batch_size samples",
-        )
-    return batches
 
 
 def calibration_inputs(ir: ModelIR, batches: Sequence[Batch], trim_padding: bool) -> list[Inputs]:

@@ -29,7 +29,6 @@ from fxopt.engine.registry import Registry
 from .cache import Calibration, CalibrationCache, cache_key
 from .calibrate import (
     Inputs,
-    calibration_batches,
     calibration_inputs,
     convert,
     import_torchao,
@@ -59,7 +58,7 @@ class QuantizeInt8(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: Int8Config = self.config
         label = ctx.recipe.label
-        batches = calibration_batches(ctx)
+        batches = ctx.required_batches("calibration", self.name)
         import_torchao()
         base = ir.module
         notes = _check_selection(base, config, label, ctx)

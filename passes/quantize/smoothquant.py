@@ -23,7 +23,7 @@ from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 
-from .calibrate import calibration_batches, calibration_inputs
+from .calibrate import calibration_inputs
 from .channel_stats import channel_absmax
 from .config import SmoothQuantConfig
 from .graph_edit import add_constant, attr_tensor, copy_meta, module_name, replace_attr_tensor
@@ -40,7 +40,7 @@ class SmoothQuant(Pass):
 
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: SmoothQuantConfig = self.config
-        batches = calibration_batches(ctx)
+        batches = ctx.required_batches("calibration", self.name)
         nodes = selected_linears(ir.module, config.layers, ctx.recipe.label)
         inputs = calibration_inputs(ir, batches, config.trim_padding)
         with ctx.output.task("collecting activation ranges", len(inputs)) as advance:

@@ -27,6 +27,17 @@ def test_finetune_without_a_training_set_fails_at_bind_time(tmp_path, digits_dir
     assert not out.exists()
 
 
+def test_an_empty_training_set_reaching_the_pass_names_the_split(tmp_path, digits_dir):
+    """Called outside the CLI (no bind-time check), the pass still says what is missing."""
+    ir, ctx, finetune = prepare(digits_recipe(tmp_path, digits_dir, "max_steps = 1"))
+    ctx.batches = lambda split: []
+    with pytest.raises(DataError) as info:
+        finetune.run(ir, ctx)
+    assert info.value.field == "data.finetune"
+    assert "finetune needs the finetune set, and it is empty" in info.value.message
+    assert "[data.finetune]" in info.value.fix
+
+
 def test_a_task_loss_without_labels_names_where_labels_come_from(tmp_path, digits_dir, capsys):
     with np.load(digits_dir / "digits.npz") as arrays:
         np.savez(tmp_path / "unlabelled.npz", x=arrays["x"])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fxopt.engine import hookimpl
-from fxopt.engine.errors import RecipeError
+from fxopt.engine.errors import DataError, RecipeError
 from fxopt.engine.plan import bind
 from fxopt.engine.recipe import parse_recipe
 from fxopt.engine.specs import InputSpec
@@ -140,10 +140,11 @@ def test_builtin_layer_pruners_register_through_the_hook(host):
 )
 def test_calibration_data_is_required_by_data_driven_criteria_and_reconstruction(config, what):
     _, ir = branches_ir()
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(DataError) as info:
         run(ir, ffn=0.5, **config)
     assert info.value.field == "data.calibration"
-    assert f"{what} needs calibration data" in info.value.message
+    assert f"{what} needs the calibration set, and it is empty" in info.value.message
+    assert "[data.calibration]" in info.value.fix and info.value.fix.count(", or ") == 1
 
 
 @pytest.mark.parametrize("labels", [False, True], ids=["output-projection", "cross-entropy"])

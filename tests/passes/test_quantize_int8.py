@@ -120,8 +120,10 @@ def test_op_kind_missing_from_the_graph_is_noted(tmp_path):
 def test_empty_calibration_set_is_a_data_error(tmp_path):
     ir = make_ir(TwoBranch())
     ctx = context(ir, tmp_path, calibration=[])
-    with pytest.raises(DataError, match="calibration set is empty"):
+    with pytest.raises(DataError, match="quantize.int8 needs the calibration set") as info:
         QuantizeInt8(Int8Config()).run(ir, ctx)
+    assert info.value.field == "data.calibration"
+    assert "[data.calibration]" in info.value.fix
 
 
 def test_outlier_split_moves_the_planted_channel_to_float(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxopt.engine.errors import RecipeError
+from fxopt.engine.errors import DataError, RecipeError
 from fxopt.passes.quantize import Int8Config, QuantizeInt8, SmoothQuant, SmoothQuantConfig
 from fxopt.passes.quantize.channel_stats import channel_absmax
 from tests.passes.quantize_support import Planted, TwoBranch, batches, context, make_ir
@@ -65,3 +65,11 @@ def test_alpha_out_of_range_and_unknown_layers_are_refused(tmp_path):
         SmoothQuantConfig(alpha=1.5)
     with pytest.raises(RecipeError, match="layers pattern 'nope' matches no linear module"):
         smoothed(TwoBranch(), tmp_path, layers=["nope"])
+
+
+def test_an_empty_calibration_set_names_the_split_and_the_pass(tmp_path):
+    ir = make_ir(TwoBranch())
+    with pytest.raises(DataError) as info:
+        SmoothQuant(SmoothQuantConfig()).run(ir, context(ir, tmp_path, calibration=[]))
+    assert info.value.field == "data.calibration"
+    assert "quantize.smoothquant needs the calibration set, and it is empty" in info.value.message
