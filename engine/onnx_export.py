@@ -1,6 +1,7 @@
 """Lowering to ONNX: re-export the IR with its dynamic axes, then name the axes.
 
-The dynamo exporter names dynamic dimensions after its symbols (``s18``); we rename them to
+Attention is rewritten for ONNX Runtime first (:mod:`.onnx_attention`). The dynamo exporter
+names dynamic dimensions after its symbols (``s18``); we rename them to
 the recipe's axis names (``batch``, ``sequence``) so the ONNX model, ORT and TensorRT profiles
 speak the same language as the recipe. Weights go to external data next to ``model.onnx``.
 """
@@ -18,6 +19,7 @@ import torch
 
 from .errors import FxoptError
 from .ir import ModelIR
+from .onnx_attention import rewrite_attention
 
 
 class OnnxExportError(FxoptError):
@@ -25,10 +27,16 @@ class OnnxExportError(FxoptError):
 
 
 def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[str]:
-    """Write ``path`` (+ ``path.data``) and return the file names written."""
+    """Write ``path`` (+ ``path.data``) and return the file names written. Attention is
+    written as plain math first (:mod:`.onnx_attention`), on a copy of the graph."""
     program = torch.export.export(
         ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
     )
+    lowered = program.module()
+    if rewrite_attention(lowered):
+        program = torch.export.export(
+            lowered, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+        )
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
