@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -59,16 +61,39 @@ def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[st
         ) from None
     model = onnx_program.model_proto
     _name_dynamic_axes(model, ir)
-    data_name = path.name + ".data"
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data_name,
-        size_threshold=1024,
-    )
-    return [path.name, data_name] if (path.parent / data_name).exists() else [path.name]
+    return save_onnx(model, path)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Save ``model`` at ``path`` with its large tensors in ``path.data`` (replaced if there);
+    returns the file names written.
+
+    onnx asks whether the data file already exists relative to the *current* directory, not
+    the model's, so a ``model.onnx.data`` wherever the user runs would make the save fail;
+    the save runs from inside the model's directory, where the question is the right one."""
+    path = Path(path).resolve()
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    with _working_directory(path.parent):
+        onnx.save_model(
+            model,
+            path.name,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+    return [path.name, data.name] if data.exists() else [path.name]
+
+
+@contextlib.contextmanager
+def _working_directory(directory: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _name_dynamic_axes(model: onnx.ModelProto, ir: ModelIR) -> None:

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from fxopt.engine.onnx_export import save_onnx
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: ONNX Runtime fusions to turn off for Q/DQ graphs: MatMulAddFusion folds a 2-D MatMul + Add
 #: back into a Gemm before the QDQ fusions run, and the DQ -> Gemm form stays unfused
@@ -41,16 +43,7 @@ def rewrite_file(path: Path) -> dict[str, int] | None:
         return None
     model = onnx.load(str(path))
     stats = rewrite_for_ort(model)
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
+    save_onnx(model, path)
     return stats
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -36,6 +38,22 @@ def test_onnxruntime_lowering_is_dynamic_and_exact(tmp_path, batch):
     x = torch.randn(batch, 8)
     got = runner.run({"x": x.numpy()})[0]
     np.testing.assert_allclose(got, ir.run({"x": x})[0].numpy(), atol=1e-5)
+
+
+def test_a_same_named_data_file_in_the_working_directory_does_not_stop_lowering(
+    tmp_path, monkeypatch
+):
+    """onnx checks whether the external data file exists relative to the *current*
+    directory: a ``model.onnx.data`` wherever the user runs ``optimize`` made it fail."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx.data").write_bytes(b"someone else's")
+    out = tmp_path / "out"
+    out.mkdir()
+    backend = OnnxRuntimeBackend(OrtOptions(intra_op_threads=1))
+    artifact = backend.lower(capture_module(small_model()), out)
+    assert "model.onnx" in artifact.files
+    assert (tmp_path / "model.onnx.data").read_bytes() == b"someone else's"
+    assert os.getcwd() == str(tmp_path)
 
 
 def test_onnxruntime_missing_provider_is_unavailable():
