@@ -57,10 +57,10 @@ class StateCache:
                 layer[row, : len(value)] = value.float()
         return out
 
-    def put(self, indices: Sequence[int], states: list[torch.Tensor], lengths: list[int]) -> None:
+    def put(self, indices: Sequence[int], states: list[torch.Tensor], sizes: list[int]) -> None:
         if any(t.dim() < 2 or len(t) != len(indices) for t in states):
             return
-        for row, (index, length) in enumerate(zip(indices, lengths, strict=True)):
+        for row, (index, length) in enumerate(zip(indices, sizes, strict=True)):
             kept = [_compact(t[row, :length]) for t in states]
             size = sum(t.numel() * t.element_size() for t in kept)
             if self.used + size > self.budget:

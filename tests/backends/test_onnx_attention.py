@@ -13,6 +13,7 @@ from fxopt.engine.onnx_attention import attention, mask_bias, rewrite_attention
 from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from tests.passes.prune_models import tiny_bert
 
 LAYERS = 3
 
@@ -22,18 +23,7 @@ class Encoder(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from transformers import BertConfig, BertModel
-
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=100,
-            hidden_size=32,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        self.bert = BertModel(config, add_pooling_layer=False).eval()
+        self.bert = tiny_bert(LAYERS).eval()
 
     def forward(self, input_ids, attention_mask):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -93,7 +93,8 @@ def _text_ir(model: nn.Module, vocab: int, config: dict) -> tuple[nn.Module, Mod
     return wrapped, capture_model(wrapped, spec, {"batch": BATCH, "sequence": SEQUENCE}, config)
 
 
-def bert_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
+def tiny_bert(layers: int = 1) -> nn.Module:
+    """A seeded random BERT: vocabulary 100, width 64, 4 heads, positions up to 32."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -105,7 +106,12 @@ def bert_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
         intermediate_size=128,
         max_position_embeddings=32,
     )
-    return _text_ir(BertModel(config, add_pooling_layer=False), 100, config.to_dict())
+    return BertModel(config, add_pooling_layer=False)
+
+
+def bert_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
+    model = tiny_bert(layers)
+    return _text_ir(model, 100, model.config.to_dict())
 
 
 def gpt2_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
