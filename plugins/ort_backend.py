@@ -21,7 +21,7 @@ from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.onnx_export import export_onnx
 
-from .ort_qdq import DISABLED_OPTIMIZERS, rewrite_file
+from .ort_qdq import DISABLED_OPTIMIZERS, fuse_biases_in_file, rewrite_file
 
 LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -44,6 +44,10 @@ class OrtOptions(BackendOptions):
     inter_op_threads: int = 0
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     opset: int | None = None
+    #: let ONNX Runtime fuse a residual Add and its LayerNorm into SkipLayerNormalization.
+    #: Off by default: that CPU kernel ran 4-5x slower than LayerNormalization + Add on the
+    #: x86 machines benchmarks/RESULTS.md was measured on (MiniLM b8: 12 ms of 67).
+    skip_layernorm_fusion: bool = False
 
 
 class OnnxRuntimeBackend(Backend):
@@ -78,8 +82,10 @@ class OnnxRuntimeBackend(Backend):
             str(out_dir / "model.onnx"),
             options,
             providers=self.options.providers,
-            disabled_optimizers=list(DISABLED_OPTIMIZERS) if qdq is not None else None,
+            disabled_optimizers=self._disabled(quantized=qdq is not None),
         )
+        if qdq is not None:
+            qdq["biases_fused"] = fuse_biases_in_file(out_dir / "model.ort.onnx")
         return Artifact(
             backend=self.name,
             path="model.ort.onnx",
@@ -93,10 +99,16 @@ class OnnxRuntimeBackend(Backend):
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
-        disabled = list(DISABLED_OPTIMIZERS) if "qdq_rewrite" in artifact.info else None
+        disabled = self._disabled(quantized="qdq_rewrite" in artifact.info)
         return OrtRunner(
             out_dir / artifact.path, self._session_options(), self.options.providers, disabled
         )
+
+    def _disabled(self, quantized: bool) -> list[str]:
+        """ONNX Runtime fusions to leave out, at lowering and again at load (which optimizes
+        the saved graph once more and would otherwise redo them)."""
+        disabled = [] if self.options.skip_layernorm_fusion else ["SkipLayerNormFusion"]
+        return disabled + (list(DISABLED_OPTIMIZERS) if quantized else [])
 
     def _session_options(self):
         import onnxruntime as ort

@@ -10,6 +10,11 @@ Its x86 kernels (``MatMulIntegerToFloat``, ``QLinearMatMul``) take the fast path
 *uint8* activations; a symmetric int8 activation (zero point 0) is exactly a uint8 one with
 zero point 128, so activation Q/DQ pairs with int8 zero points are moved to uint8. Neither
 step changes the numbers the graph computes.
+
+After ONNX Runtime has optimized the graph, :func:`fuse_biases` finishes one fusion its QDQ
+path leaves undone: each linear's bias ``Add`` becomes the bias input of the fused
+``MatMulIntegerToFloat``, which adds it while it scales the int32 result (one pass over the
+output fewer per linear).
 """
 
 from __future__ import annotations
@@ -54,6 +59,46 @@ def rewrite_for_ort(model: onnx.ModelProto) -> dict[str, int]:
     stats["activations_to_uint8"] = _activations_to_uint8(model.graph)
     _drop_unused_initializers(model.graph)
     return dict(stats)
+
+
+def fuse_biases_in_file(path: Path) -> int:
+    """:func:`fuse_biases` on the optimized model at ``path``, rewritten in place (its
+    external data, shared with ``model.onnx``, is referenced, never rewritten)."""
+    model = onnx.load(str(path), load_external_data=False)
+    fused = fuse_biases(model.graph)
+    if fused:
+        onnx.save(model, str(path))
+    return fused
+
+
+def fuse_biases(graph: onnx.GraphProto) -> int:
+    """``Add(MatMulIntegerToFloat(...), b)`` with ``b`` a 1-D constant of the output width
+    becomes ``MatMulIntegerToFloat(..., bias=b)``; returns how many were fused."""
+    inits = {i.name: i for i in graph.initializer}
+    consumers = _consumers(graph.node)
+    outputs = {o.name for o in graph.output}
+    fused = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMulIntegerToFloat" or (len(node.input) > 6 and node.input[6]):
+            continue
+        users = consumers[node.output[0]]
+        if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in outputs:
+            continue
+        add = users[0]
+        others = [name for name in add.input if name != node.output[0]]
+        weight = inits.get(node.input[1])
+        bias = inits.get(others[0]) if len(others) == 1 else None
+        if bias is None or weight is None or list(bias.dims) != list(weight.dims[-1:]):
+            continue
+        if bias.data_type != onnx.TensorProto.FLOAT:
+            continue
+        while len(node.input) < 6:
+            node.input.append("")
+        node.input.append(bias.name)
+        node.output[0] = add.output[0]
+        graph.node.remove(add)
+        fused += 1
+    return fused
 
 
 def _fold_weight_transposes(graph: onnx.GraphProto) -> int:

@@ -42,6 +42,7 @@ from .observers import BUILTIN_OBSERVERS, ObserverOptions
 from .op_kinds import Scales, candidates, kind_of
 from .outliers import (
     copies_needed,
+    drop_outlier_masks,
     duplicate_outliers,
     outlier_candidates,
     pick_outliers,
@@ -210,7 +211,9 @@ class _Builder:
         observe(prepared, self.inputs if fixed is None else self.inputs[:1], advance)
         scales = read_scales(prepared, quantizer.annotated) if fixed is None else fixed
         kinds = {n.name: kind_of(n) for n in prepared.graph.nodes if n.name in quantizer.annotated}
-        return _Built(convert(prepared), quantizer, scales, kinds)
+        converted = convert(prepared)
+        drop_outlier_masks(converted)
+        return _Built(converted, quantizer, scales, kinds)
 
 
 def _metrics(

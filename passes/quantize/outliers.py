@@ -7,8 +7,14 @@ rewrites of a selected linear ``y = x W^T + b``, both exact in float:
 
 ``float`` (like LLM.int8()): the outlier channels ``O`` bypass int8::
 
-    y = linear(x * mask, W, b)                       # int8: the outlier channels zeroed
+    y = linear(x * mask, W * mask, b)                # int8: the outlier channels zeroed
       + matmul(index_select(x, -1, O), W[:, O]^T)    # float32, k = |O| columns
+
+The mask on ``x`` is there for calibration only: it keeps the outliers out of the activation
+observer's range. Once the graph is converted, :func:`drop_outlier_masks` removes it; the
+quantize step then clamps the outlier channels, and the weight's zero columns make what they
+hold irrelevant. That saves an element-wise pass over ``x`` per linear at inference (ONNX
+Runtime does not fuse it into its quantize). A tied weight cannot be zeroed, so its mask stays.
 
 ``duplicate`` (outlier channel splitting, Zhao et al. 2019): channel ``j`` becomes ``m_j``
 copies of ``x_j / m_j`` and ``W``'s column ``j`` is repeated ``m_j`` times; ``m_j`` brings
@@ -28,6 +34,9 @@ from torch.fx import GraphModule, Node
 from .graph_edit import FLOAT_META, add_constant, attr_tensor, copy_meta, replace_attr_tensor
 
 aten = torch.ops.aten
+
+#: node.meta key marking a mask multiply whose weight columns are zero (removable after convert)
+MASK_META = "fxopt.quantize.outlier_mask"
 
 
 def pick_outliers(absmax: torch.Tensor, threshold: float, max_channels: int) -> list[int]:
@@ -93,6 +102,9 @@ def split_outliers(gm: GraphModule, channels: dict[str, list[int]]) -> None:
         mask = torch.ones(weight.shape[1], dtype=weight.dtype)
         mask[index] = 0.0
         picked = torch.tensor(index, dtype=torch.long)
+        zeroed = len(weight_node.users) == 1  # a tied weight is left as it is
+        if zeroed:
+            replace_attr_tensor(gm, weight_node, weight * mask)
         mask_name = add_constant(gm, f"_fxopt_outlier_mask_{name}", mask)
         index_name = add_constant(gm, f"_fxopt_outlier_index_{name}", picked)
         side_name = add_constant(gm, f"_fxopt_outlier_weight_{name}", weight[:, picked].t())
@@ -105,6 +117,7 @@ def split_outliers(gm: GraphModule, channels: dict[str, list[int]]) -> None:
         for new in (masked, chosen, side):
             copy_meta(new, node)
         chosen.meta[FLOAT_META] = side.meta[FLOAT_META] = True
+        masked.meta[MASK_META] = zeroed
         node.replace_input_with(x, masked)
         with graph.inserting_after(node):
             total = graph.call_function(aten.add.Tensor, (node, side))
@@ -112,6 +125,22 @@ def split_outliers(gm: GraphModule, channels: dict[str, list[int]]) -> None:
         node.replace_all_uses_with(total, delete_user_cb=lambda user, keep=total: user is not keep)
     graph.lint()
     gm.recompile()
+
+
+def drop_outlier_masks(gm: GraphModule) -> int:
+    """Remove the calibration-only mask multiplies of :func:`split_outliers` whose weight
+    columns are zero (run on the converted graph); returns how many were removed."""
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.meta.get(MASK_META):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    return dropped
 
 
 def outlier_candidates(nodes: list[Node]) -> list[Node]:

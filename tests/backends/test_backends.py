@@ -6,14 +6,17 @@ import os
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
 from fxopt.engine.backend import Artifact
 from fxopt.engine.errors import BackendUnavailableError
+from fxopt.engine.recipe import DimRange
+from fxopt.engine.specs import InputSpec
 from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
 from fxopt.plugins.torch_backend import TorchBackend, TorchOptions
-from tests.graphs import capture_module
+from tests.graphs import capture_model, capture_module
 
 
 def small_model() -> torch.nn.Module:
@@ -54,6 +57,47 @@ def test_a_same_named_data_file_in_the_working_directory_does_not_stop_lowering(
     assert "model.onnx" in artifact.files
     assert (tmp_path / "model.onnx.data").read_bytes() == b"someone else's"
     assert os.getcwd() == str(tmp_path)
+
+
+class ResidualNorm(torch.nn.Module):
+    """``LayerNorm(x + Linear(x))`` on token states: the pattern ONNX Runtime fuses into
+    ``SkipLayerNormalization``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.dense = torch.nn.Linear(16, 16)
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(x + self.dense(x))
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_skip_layernorm_fusion_is_off_unless_asked_for(tmp_path, monkeypatch, fuse):
+    """ONNX Runtime's SkipLayerNormalization CPU kernel ran 4-5x slower than its
+    LayerNormalization + Add here (benchmarks/RESULTS.md), so the fusion is opt-in."""
+    spec = InputSpec("x", "float32", ("batch", "sequence", 16), -1.0, 1.0)
+    dims = {"batch": DimRange(min=1, opt=2, max=8), "sequence": DimRange(min=2, opt=8, max=32)}
+    ir = capture_model(ResidualNorm(), spec, dims)
+    backend = OnnxRuntimeBackend(OrtOptions(intra_op_threads=1, skip_layernorm_fusion=fuse))
+    artifact = backend.lower(ir, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.ort.onnx")).graph.node}
+    assert ("SkipLayerNormalization" in ops) is fuse
+    assert ("LayerNormalization" in ops) is not fuse
+    # loading optimizes again: it must not fuse what lowering left apart
+    seen = []
+    session = onnxruntime.InferenceSession
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disabled_optimizers") or [])
+        return session(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    runner = backend.load(tmp_path, artifact)
+    assert ("SkipLayerNormFusion" in seen[-1]) is not fuse
+    x = torch.randn(2, 8, 16)
+    np.testing.assert_allclose(runner.run({"x": x.numpy()})[0], ir.run({"x": x})[0], atol=1e-5)
 
 
 def test_onnxruntime_missing_provider_is_unavailable():

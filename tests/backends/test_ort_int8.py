@@ -93,6 +93,10 @@ def test_every_quantized_linear_runs_as_a_fused_int8_matmul(tmp_path):
     counts = collections.Counter(n.op_type for n in optimized.graph.node)
     assert sum(counts[op] for op in FUSED_MATMUL_OPS) == quantized, counts
     assert counts["DequantizeLinear"] == 0 and counts["MatMul"] == 0, counts
+    # each linear's bias is the fused kernel's bias input, not an Add after it
+    fused = [n for n in optimized.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(fused) == quantized and all(len(n.input) == 7 and n.input[6] for n in fused)
+    assert counts["Add"] == 1, counts  # only the model's own a(x) + b(x)
 
     x = batches(seed=2)[0]["x"]
     with torch.no_grad():

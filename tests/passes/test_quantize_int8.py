@@ -134,6 +134,18 @@ def test_outlier_split_moves_the_planted_channel_to_float(tmp_path):
     assert split.metrics["outlier_channels"] == {"fc2": [0]}
     side = [n for n in ir.graph.nodes if n.meta.get(FLOAT_META)]
     assert {str(n.target) for n in side} == {"aten.index_select.default", "aten.matmul.default"}
+    # no mask multiply left in front of the quantize step: the int8 weight's outlier column
+    # is zero instead, so whatever the clamped channel holds adds nothing to the GEMM
+    assert count_ops(ir, "aten.mul.Tensor") == 0
+    [weight] = [
+        n.args[0]
+        for n in ir.graph.nodes
+        if str(n.target).startswith(DQ_WEIGHT)
+        if module_name(next(iter(n.users))) == "fc2"
+    ]
+    int8_weight = getattr(ir.module, weight.target)
+    assert int8_weight.dtype == torch.int8 and not int8_weight[:, 0].any()
+    assert int8_weight[:, 1:].any()
     x = batches(seed=3)[0]["x"]
     with torch.no_grad():
         reference = Planted().eval()(x)[0]
