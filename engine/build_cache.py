@@ -2,11 +2,13 @@
 
 The key covers the normalized recipe, every file of the model, every data file, the plugin
 distributions and versions installed, the versions of torch / onnx / onnxruntime / tensorrt /
-transformers / torchao / fxopt, and the machine (CPU model: ONNX Runtime's optimized graphs
-are CPU-specific). Rerunning with the same key is a no-op: the output directory is checked
-against its manifest and left alone, without importing torch. A finished output is also kept
-under ``<cache>/outputs/<key>`` so a deleted or replaced output comes back by copy. Builds of
-one key hold a file lock, so two concurrent builds of one target do the work once.
+transformers / torchao / fxopt, the Python sources of fxopt and of each plugin distribution
+installed in editable mode (their version does not move when their code does), and the
+machine (CPU model: ONNX Runtime's optimized graphs are CPU-specific). Rerunning with the
+same key is a no-op: the output directory is checked against its manifest and left alone,
+without importing torch. A finished output is also kept under ``<cache>/outputs/<key>`` so a
+deleted or replaced output comes back by copy. Builds of one key hold a file lock, so two
+concurrent builds of one target do the work once.
 
 Everything here stays free of torch, so the no-op path finishes in well under a second.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,17 +110,79 @@ def fingerprint(recipe: Recipe, model_path: Path, hashes: HashCache) -> dict[str
     root = model_path if model_path.is_dir() else model_path.parent
     recipe_json = recipe.model_dump(mode="json")
     recipe_json["model"].pop("path", None)  # where the model is does not matter, what it is does
+    plugins = list(md.entry_points(group=ENTRY_POINT_GROUP))
     return {
         "recipe": recipe_json,
         "model": {str(p.relative_to(root)): hashes.sha256(p) for p in model_files(model_path)},
         "data": {p.name: hashes.sha256(p) for p in data_files(recipe)},
         "plugins": sorted(
             f"{ep.dist.name if ep.dist else '?'}=={ep.dist.version if ep.dist else '?'}:{ep.name}"
-            for ep in md.entry_points(group=ENTRY_POINT_GROUP)
+            for ep in plugins
         ),
         "versions": _versions(),
+        "sources": editable_sources(
+            ["fxopt", *sorted({ep.dist.name for ep in plugins if ep.dist})], hashes
+        ),
         "device": {"machine": platform.machine(), "cpu": _cpu_model()},
     }
+
+
+def editable_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
+    """``{distribution: digest of its project's Python files}`` for each named distribution
+    installed in editable mode (``pip install -e``, PEP 610's ``dir_info.editable``).
+
+    Someone developing fxopt or a plugin changes its code without changing its version; keyed
+    on the version alone, the cache would hand back outputs the old code built.
+    """
+    found = {}
+    for name in names:
+        root = _editable_root(name)
+        if root is None:
+            continue
+        digest = hashlib.sha256()
+        for file in _project_sources(root):
+            digest.update(f"{file.relative_to(root).as_posix()}:{hashes.sha256(file)}\n".encode())
+        found[name] = digest.hexdigest()
+    return found
+
+
+def _editable_root(name: str) -> Path | None:
+    """The project directory of an editable install of ``name``, else ``None``. Every
+    metadata directory of that name is asked: run from a setuptools project's root, its
+    ``*.egg-info`` (no ``direct_url.json``) comes before the installed one."""
+    for dist in md.distributions(name=name):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            info = json.loads(dist.read_text("direct_url.json") or "null")
+            url = info.get("url", "")
+            if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+                root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+                return root if root.is_dir() else None
+    return None
+
+
+def _project_sources(root: Path) -> list[Path]:
+    """The ``.py`` files of a project tree, leaving out hidden and build directories and
+    virtual environments (a ``.venv`` inside the project holds thousands)."""
+    files, pending = [], [root]
+    while pending:
+        directory = pending.pop()
+        with contextlib.suppress(OSError):
+            for entry in directory.iterdir():
+                if entry.is_file() and entry.suffix == ".py":
+                    files.append(entry)
+                elif entry.is_dir() and not _skipped_dir(entry):
+                    pending.append(entry)
+    return sorted(files)
+
+
+def _skipped_dir(path: Path) -> bool:
+    name = path.name
+    return (
+        name.startswith((".", "__"))
+        or name in ("build", "dist", "node_modules")
+        or name.endswith(".egg-info")
+        or (path / "pyvenv.cfg").exists()
+    )
 
 
 def build_key(components: dict[str, Any]) -> str:
