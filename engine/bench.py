@@ -1,7 +1,8 @@
 """``optimize bench OUT_DIR``: time an output's artifact next to the model it came from.
 
 Both run in this process on the same inputs (synthetic, at the recipe's optimal shape unless
-``--batch`` says otherwise), with warm-up, reporting median and p95.
+``--batch`` says otherwise), interleaved with a warm-up on every visit (see ``timing``),
+reporting median and p95.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .plugin_host import load_plugins
 from .recipe import DimRange
 from .specs import InputSpec
 from .synthetic import synthetic_inputs
-from .timing import measure
+from .timing import latency_rounds, time_interleaved
 
 
 def bench_output(
@@ -52,8 +53,11 @@ def bench_output(
         for k, v in synthetic_inputs(loaded.inputs, sizes, torch.Generator().manual_seed(0)).items()
     }
     reference = eager_runner(loaded)
-    ref = measure(lambda: reference.run(feeds), warmup=warmup, iters=iters)
-    opt = measure(lambda: runner.run(feeds), warmup=warmup, iters=iters)
+    timed = time_interleaved(
+        {"reference": lambda: reference.run(feeds), "optimized": lambda: runner.run(feeds)},
+        **latency_rounds(iters, warm=warmup),
+    )
+    ref, opt = timed["reference"], timed["optimized"]
     return {
         "shape": {k: list(v.shape) for k, v in feeds.items()},
         "reference": ref,

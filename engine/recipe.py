@@ -127,7 +127,11 @@ class VerifySection(Strict):
         default=16, ge=0, description="samples used to measure each pass's numerics (0: off)"
     )
     latency: bool = Field(default=True, description="time reference and artifact in the report")
-    latency_iters: int = Field(default=10, ge=1, description="timed runs after 3 warm-ups")
+    latency_iters: int = Field(
+        default=10,
+        ge=1,
+        description="timed runs of each side, interleaved, each after its own warm-up",
+    )
 
 
 class Recipe(Strict):
