@@ -31,7 +31,14 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from .graph_edit import FLOAT_META, add_constant, attr_tensor, copy_meta, replace_attr_tensor
+from .graph_edit import (
+    FLOAT_META,
+    add_constant,
+    attr_tensor,
+    copy_meta,
+    drop_unused_tensors,
+    replace_attr_tensor,
+)
 
 aten = torch.ops.aten
 
@@ -140,6 +147,7 @@ def drop_outlier_masks(gm: GraphModule) -> int:
         gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()
+        drop_unused_tensors(gm)  # the masks themselves
     return dropped
 
 
