@@ -2,12 +2,13 @@
 
 Trains ``examples/digits/digits_model.py``'s CNN (two 3x3 convolutions, two linear layers;
 ``--width`` channels) on the first 1,280 shuffled digits, quantizes it with ``quantize.int8``
-(``ops = ["linear", "conv2d"]``, 256 training images as calibration), lowers the float and the
-int8 graphs, and measures in this process: top-1 accuracy on the 512 held-out digits, and the
-median time of a batch of 32 for ONNX Runtime fp32 (the peer), torch eager fp32, ours through
-ONNX Runtime and ours through the torch backend (``torch.compile``), calls interleaved.
+(``ops = ["linear", "conv2d"]``, uint8 activations as in ``recipes/digits-cnn-int8.toml``,
+256 training images as calibration), lowers the float and the int8 graphs, and measures in
+this process: top-1 accuracy on the 512 held-out digits, and the median time of a batch of
+32 for ONNX Runtime fp32 (the peer), torch eager fp32, ours through ONNX Runtime and ours
+through the torch backend (``torch.compile``), calls interleaved.
 
-    python benchmarks/int8_digits_cnn.py [--width 64] [--threads 2] [--rounds 10]
+    python benchmarks/int8_digits_cnn.py [--width 64] [--activations uint8] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--observer", default="percentile")
+    parser.add_argument("--activations", default="uint8", choices=["uint8", "int8_sym"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -71,7 +73,9 @@ def main() -> None:
         cache_dir=Path(tempfile.mkdtemp(prefix="int8-cnn-cache-")),
         output=Output(),
     )
-    config = Int8Config(ops=["linear", "conv2d"], observer=args.observer)
+    config = Int8Config(
+        ops=["linear", "conv2d"], observer=args.observer, activations=args.activations
+    )
     start = time.perf_counter()
     result = QuantizeInt8(config).run(ir, ctx)
     quantize_s = time.perf_counter() - start
@@ -125,7 +129,8 @@ def main() -> None:
             f"| {accuracy[name] * 100:.2f}% |"
         )
     print(
-        f"quantized {result.metrics['quantized_ops']} ({args.observer}) in {quantize_s:.1f} s; "
+        f"quantized {result.metrics['quantized_ops']} ({args.observer}, {args.activations}) "
+        f"in {quantize_s:.1f} s; "
         f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}"
     )

@@ -67,9 +67,13 @@ def make_ir(module: nn.Module, features: int = 8) -> ModelIR:
     return capture_module(module.eval(), features)
 
 
-def batches(features: int = 8, count: int = 4, size: int = 8, seed: int = 0) -> list[dict]:
+def batches(
+    features: int | tuple[int, ...] = 8, count: int = 4, size: int = 8, seed: int = 0
+) -> list[dict]:
+    """Random batches of ``x``: ``[size, features]``, or ``[size, *features]`` for a tuple."""
     generator = torch.Generator().manual_seed(seed)
-    return [{"x": torch.randn(size, features, generator=generator)} for _ in range(count)]
+    shape = features if isinstance(features, tuple) else (features,)
+    return [{"x": torch.randn(size, *shape, generator=generator)} for _ in range(count)]
 
 
 def context(
@@ -83,7 +87,8 @@ def context(
     """Calibration from ``calibration`` (default: 4 random batches); ``evaluate`` compares
     against the float graph as captured, on other random batches."""
     reference_module = ir.module
-    check = batches(count=2, seed=7, features=ir.example_inputs[0].shape[1])
+    features = tuple(ir.example_inputs[0].shape[1:])
+    check = batches(count=2, seed=7, features=features)
     with torch.no_grad():
         reference = [[t.numpy() for t in reference_module(b["x"])] for b in check]
 
@@ -93,7 +98,7 @@ def context(
         return compare(reference, got, [None] * len(check), "generic")
 
     recipe = Recipe(verify=verify or VerifySection())
-    data = calibration if calibration is not None else batches(ir.example_inputs[0].shape[1])
+    data = calibration if calibration is not None else batches(features)
     return PassContext(
         recipe=recipe,
         batches=lambda split: data,
