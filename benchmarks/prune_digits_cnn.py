@@ -30,23 +30,12 @@ from fxopt.engine.console import Output
 from fxopt.engine.pipeline import prepare
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.testing.models import ResidualBlock
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "digits-cnn"
 RECIPE = HERE.parent / "recipes" / "digits-cnn-prune.toml"
 CALIBRATION, FINETUNE = 64, 1100  # the rest of the 1797 digits is the held-out test slice
-
-
-class Block(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(channels)
-        self.c2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
 
 
 class DigitsCNN(nn.Module):
@@ -55,13 +44,13 @@ class DigitsCNN(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
         )
-        self.block1 = Block(width)
+        self.block1 = ResidualBlock(width)
         self.down = nn.Sequential(
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(),
         )
-        self.block2 = Block(2 * width)
+        self.block2 = ResidualBlock(2 * width)
         self.fc = nn.Linear(2 * width, 10)
 
     def forward(self, x):

@@ -13,5 +13,13 @@ runs and returns outputs of the same count and shapes.
 
 from .conformance import Problem, assert_conformant, check_pass
 from .fixtures import sample_context, sample_ir
+from .models import ResidualBlock
 
-__all__ = ["Problem", "assert_conformant", "check_pass", "sample_context", "sample_ir"]
+__all__ = [
+    "Problem",
+    "ResidualBlock",
+    "assert_conformant",
+    "check_pass",
+    "sample_context",
+    "sample_ir",
+]

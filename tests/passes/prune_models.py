@@ -15,6 +15,7 @@ from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from fxopt.testing.models import ResidualBlock
 from tests.graphs import capture_model
 
 BATCH = DimRange(min=1, opt=4, max=16)
@@ -33,20 +34,6 @@ class Hidden(nn.Module):
         return (self.m(**{self.input_name: x}).last_hidden_state,)
 
 
-class Block(nn.Module):
-    """A ResNet basic block: two conv+BN, a residual add."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(channels)
-        self.c2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-
-
 class ResNetish(nn.Module):
     """stem → residual block → strided conv → depthwise conv → pool → MLP head."""
 
@@ -54,7 +41,7 @@ class ResNetish(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(1, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
-        self.block = Block(16)
+        self.block = ResidualBlock(16)
         self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
         self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
         self.fc1 = nn.Linear(32, 24)
