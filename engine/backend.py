@@ -25,7 +25,12 @@ class BackendOptions(BaseModel):
 
 @dataclass
 class Artifact:
-    """What lowering wrote, as names relative to the output directory."""
+    """What lowering wrote, as names relative to the output directory.
+
+    ``info`` is the backend's own (versions, settings, statistics), kept in the report.
+    ``info["warnings"]``, a list of strings, is what the user should hear about the lowering
+    (an op left in float, a fusion that did not happen): the run prints each as a warning.
+    """
 
     backend: str
     path: str

@@ -306,6 +306,8 @@ def _lower_and_verify(
         tick = time.perf_counter()
         output.step(f"lowering to {backend.name}")
         artifact = backend.lower(ir, tmp)
+        for message in artifact.info.get("warnings", []):
+            output.warn(f"{backend.name}: {message}")
         runner = backend.load(tmp, artifact)
         run.seconds["lower"] = time.perf_counter() - tick
 

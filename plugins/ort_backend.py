@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 from pydantic import Field
 
 from fxopt.engine import hookimpl
@@ -21,7 +22,13 @@ from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.onnx_export import export_onnx
 
-from .ort_qdq import DISABLED_OPTIMIZERS, fuse_biases_in_file, rewrite_file
+from .ort_qdq import (
+    DISABLED_OPTIMIZERS,
+    float_op_warnings,
+    float_quantized_ops,
+    fuse_biases_in_file,
+    rewrite_file,
+)
 
 LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -84,8 +91,12 @@ class OnnxRuntimeBackend(Backend):
             providers=self.options.providers,
             disabled_optimizers=self._disabled(quantized=qdq is not None),
         )
+        warnings = []
         if qdq is not None:
             qdq["biases_fused"] = fuse_biases_in_file(out_dir / "model.ort.onnx")
+            optimized = onnx.load(str(out_dir / "model.ort.onnx"), load_external_data=False)
+            qdq["float_ops"] = float_quantized_ops(optimized)
+            warnings = float_op_warnings(qdq["float_ops"])
         return Artifact(
             backend=self.name,
             path="model.ort.onnx",
@@ -95,6 +106,7 @@ class OnnxRuntimeBackend(Backend):
                 "onnxruntime": ort.__version__,
                 "graph_optimization_level": self.options.graph_optimization_level,
                 **({"qdq_rewrite": qdq} if qdq is not None else {}),
+                **({"warnings": warnings} if warnings else {}),
             },
         )
 

@@ -33,6 +33,11 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: ONNX Runtime fusions to turn off for Q/DQ graphs: MatMulAddFusion folds a 2-D MatMul + Add
 #: back into a Gemm before the QDQ fusions run, and the DQ -> Gemm form stays unfused
 DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+#: float ops (ONNX's and ONNX Runtime's fused forms) that quantized linears and convolutions
+#: end up as when ONNX Runtime's QDQ fusions do not take them
+FLOAT_COMPUTE_OPS = frozenset(
+    {"MatMul", "Gemm", "Conv", "ConvTranspose", "FusedConv", "FusedMatMul", "FusedGemm"}
+)
 #: the fused int8 ops ONNX Runtime's CPU provider turns Q/DQ MatMuls and Gemms into
 FUSED_MATMUL_OPS = ("MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul")
 
@@ -59,6 +64,35 @@ def rewrite_for_ort(model: onnx.ModelProto) -> dict[str, int]:
     stats["activations_to_uint8"] = _activations_to_uint8(model.graph)
     _drop_unused_initializers(model.graph)
     return dict(stats)
+
+
+def float_quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """``{op type: count}`` of the ops in an optimized graph that still read a
+    ``DequantizeLinear``: quantized in the graph, but run in float by ONNX Runtime."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    left: collections.Counter[str] = collections.Counter()
+    for node in model.graph.node:
+        if node.op_type not in FLOAT_COMPUTE_OPS:
+            continue  # a DequantizeLinear feeding a reshape or a pool is not a lost int8 op
+        feeds = [producers.get(name) for name in node.input]
+        if any(p is not None and p.op_type == "DequantizeLinear" for p in feeds):
+            left[node.op_type] += 1
+    return dict(left)
+
+
+def float_op_warnings(left: dict[str, int]) -> list[str]:
+    """What to tell the user about :func:`float_quantized_ops`' findings."""
+    if not left:
+        return []
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(left.items()))
+    hint = ""
+    if any("Conv" in op for op in left):
+        hint = (
+            '; for convolutions set activations = "uint8" in quantize.int8\'s config (a ReLU '
+            "output then has zero point 0 and folds into the next quantize step, which lets "
+            "ONNX Runtime make a QLinearConv)"
+        )
+    return [f"quantized ops left in float by ONNX Runtime's fusions: {ops}{hint}"]
 
 
 def fuse_biases_in_file(path: Path) -> int:

@@ -123,17 +123,22 @@ class SmallCNN(torch.nn.Module):
         return (self.fc(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1)),)
 
 
+def quantized_cnn(tmp_path, activations: str):
+    spec = InputSpec("x", "float32", ("batch", 1, 8, 8), 0.0, 1.0)
+    ir = capture_model(SmallCNN(), spec, {"batch": DimRange(min=1, opt=8, max=32)})
+    images = batches(features=(1, 8, 8), seed=3)
+    calibration = [{"x": b["x"].abs()} for b in images]
+    config = Int8Config(ops=["linear", "conv2d"], activations=activations, observer="minmax")
+    QuantizeInt8(config).run(ir, context(ir, tmp_path / "cache", calibration=calibration))
+    return ir, calibration
+
+
 def test_uint8_activations_run_convolutions_as_qlinearconv(tmp_path):
     """ONNX Runtime makes a QLinearConv of ``DQ -> Conv -> Q`` only; a ReLU between the conv
     and the next op's quantize step drops out when that step's zero point is 0, which the
     affine uint8 form gives a ReLU output (int8_sym, moved to uint8, has 128 and leaves the
     convolutions in float: 2.3x slower than fp32 on the digits CNN)."""
-    spec = InputSpec("x", "float32", ("batch", 1, 8, 8), 0.0, 1.0)
-    ir = capture_model(SmallCNN(), spec, {"batch": DimRange(min=1, opt=8, max=32)})
-    images = batches(features=(1, 8, 8), seed=3)
-    calibration = [{"x": b["x"].abs()} for b in images]
-    config = Int8Config(ops=["linear", "conv2d"], activations="uint8", observer="minmax")
-    QuantizeInt8(config).run(ir, context(ir, tmp_path / "cache", calibration=calibration))
+    ir, calibration = quantized_cnn(tmp_path, "uint8")
     out = tmp_path / "out"
     out.mkdir()
     backend = OnnxRuntimeBackend()
@@ -143,9 +148,20 @@ def test_uint8_activations_run_convolutions_as_qlinearconv(tmp_path):
     )
     assert counts["QLinearConv"] == 2, counts
     assert counts["Conv"] == counts["FusedConv"] == 0, counts
+    assert artifact.info["qdq_rewrite"]["float_ops"] == {} and "warnings" not in artifact.info
 
     x = calibration[0]["x"]
     with torch.no_grad():
         expected = ir.module(x)[0].numpy()
     got = backend.load(out, artifact).run({"x": x.numpy()})[0]
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_convolutions_left_in_float_are_reported_with_the_fix(tmp_path):
+    ir, _ = quantized_cnn(tmp_path, "int8_sym")
+    out = tmp_path / "out"
+    out.mkdir()
+    artifact = OnnxRuntimeBackend().lower(ir, out)
+    assert artifact.info["qdq_rewrite"]["float_ops"] == {"FusedConv": 2}
+    [warning] = artifact.info["warnings"]
+    assert "2 FusedConv" in warning and 'activations = "uint8"' in warning

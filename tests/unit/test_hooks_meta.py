@@ -72,6 +72,11 @@ def test_loader_dataset_backend_and_instrument_hooks(monkeypatch, capsys, tmp_pa
     assert report["artifacts"]["backend"] == "thirdparty.eager"
     assert report["model"]["params_after"] == 6 * 12 + 12 + 12 * 3 + 3
     assert kitchen.SEEN == ["cleanup.dce"]  # the plugin's instrument saw the pass
+    # what the backend had to say about its lowering reaches the report, and the console
+    assert report["artifacts"]["warnings"] == ["ran eagerly: nothing was compiled"]
+    shown = run_cli(capsys, recipe, model, "-o", tmp_path / "again", "--no-cache")
+    assert shown.code == 0, shown.err
+    assert "thirdparty.eager: ran eagerly: nothing was compiled" in shown.out + shown.err
 
 
 def test_observer_hook_registers_with_its_origin(monkeypatch):
