@@ -20,7 +20,7 @@ from .plugin_host import load_plugins
 from .recipe import DimRange
 from .specs import InputSpec
 from .synthetic import synthetic_inputs
-from .timing import latency_rounds, time_interleaved
+from .timing import reference_vs_optimized
 
 
 def bench_output(
@@ -53,16 +53,11 @@ def bench_output(
         for k, v in synthetic_inputs(loaded.inputs, sizes, torch.Generator().manual_seed(0)).items()
     }
     reference = eager_runner(loaded)
-    timed = time_interleaved(
-        {"reference": lambda: reference.run(feeds), "optimized": lambda: runner.run(feeds)},
-        **latency_rounds(iters, warm=warmup),
-    )
-    ref, opt = timed["reference"], timed["optimized"]
     return {
         "shape": {k: list(v.shape) for k, v in feeds.items()},
-        "reference": ref,
-        "optimized": opt,
-        "speedup_p50": round(ref["p50"] / opt["p50"], 3),
+        **reference_vs_optimized(
+            lambda: reference.run(feeds), lambda: runner.run(feeds), iters, warm=warmup
+        ),
         "backend": backend.name,
     }
 

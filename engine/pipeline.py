@@ -41,7 +41,7 @@ from .recipe import Recipe, load_recipe
 from .report import Report
 from .run_options import RunOptions
 from .staging import StagedDir, check_target
-from .timing import latency_rounds, time_interleaved
+from .timing import reference_vs_optimized
 from .verify import check_budget, compare
 
 
@@ -351,16 +351,11 @@ def _latency(run: _Run, runner: Runner) -> dict[str, Any]:
     reference = eager_runner(run.loaded)
     ref_feeds = _feeds(batch, reference.input_names)
     feeds = _feeds(batch, runner.input_names)
-    timed = time_interleaved(
-        {"reference": lambda: reference.run(ref_feeds), "optimized": lambda: runner.run(feeds)},
-        **latency_rounds(iters),
-    )
-    ref, opt = timed["reference"], timed["optimized"]
     return {
         "shape": {k: list(v.shape) for k, v in batch.items() if k in feeds},
-        "reference": ref,
-        "optimized": opt,
-        "speedup_p50": round(ref["p50"] / opt["p50"], 3) if opt["p50"] else None,
+        **reference_vs_optimized(
+            lambda: reference.run(ref_feeds), lambda: runner.run(feeds), iters
+        ),
     }
 
 

@@ -52,11 +52,25 @@ def time_interleaved(
     }
 
 
-def latency_rounds(iters: int, *, warm: int = 2) -> dict[str, float]:
-    """:func:`time_interleaved` settings for exactly ``iters`` timed calls of each side, one
-    per round (as interleaved as it gets), with a shorter warm-up than the benchmarks' (a
-    report's latency is a check, not the figure to publish)."""
-    return {"rounds": iters, "iters": 1, "warm": warm, "warm_s": 0.1}
+def reference_vs_optimized(
+    reference: Callable[[], object], optimized: Callable[[], object], iters: int, warm: int = 2
+) -> dict[str, object]:
+    """The latency comparison of the report and ``optimize bench``: exactly ``iters`` timed
+    calls of each side, one per round (as interleaved as it gets), a shorter warm-up than the
+    benchmarks' (a check, not the figure to publish), and the median speed-up."""
+    timed = time_interleaved(
+        {"reference": reference, "optimized": optimized},
+        rounds=iters,
+        iters=1,
+        warm=warm,
+        warm_s=0.1,
+    )
+    ref, opt = timed["reference"], timed["optimized"]
+    return {
+        "reference": ref,
+        "optimized": opt,
+        "speedup_p50": round(ref["p50"] / opt["p50"], 3) if opt["p50"] else None,
+    }
 
 
 def measure(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20) -> dict[str, float]:

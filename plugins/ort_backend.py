@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
 from pydantic import Field
 
 from fxopt.engine import hookimpl
@@ -24,9 +23,8 @@ from fxopt.engine.onnx_export import export_onnx
 
 from .ort_qdq import (
     DISABLED_OPTIMIZERS,
+    finish_optimized,
     float_op_warnings,
-    float_quantized_ops,
-    fuse_biases_in_file,
     rewrite_file,
 )
 
@@ -93,9 +91,7 @@ class OnnxRuntimeBackend(Backend):
         )
         warnings = []
         if qdq is not None:
-            qdq["biases_fused"] = fuse_biases_in_file(out_dir / "model.ort.onnx")
-            optimized = onnx.load(str(out_dir / "model.ort.onnx"), load_external_data=False)
-            qdq["float_ops"] = float_quantized_ops(optimized)
+            qdq.update(finish_optimized(out_dir / "model.ort.onnx"))
             warnings = float_op_warnings(qdq["float_ops"])
         return Artifact(
             backend=self.name,

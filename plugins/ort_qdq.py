@@ -95,14 +95,15 @@ def float_op_warnings(left: dict[str, int]) -> list[str]:
     return [f"quantized ops left in float by ONNX Runtime's fusions: {ops}{hint}"]
 
 
-def fuse_biases_in_file(path: Path) -> int:
-    """:func:`fuse_biases` on the optimized model at ``path``, rewritten in place (its
-    external data, shared with ``model.onnx``, is referenced, never rewritten)."""
+def finish_optimized(path: Path) -> dict[str, object]:
+    """After ONNX Runtime's optimization: :func:`fuse_biases` on the optimized model at
+    ``path`` (rewritten in place; its external data, shared with ``model.onnx``, is referenced,
+    never rewritten) and :func:`float_quantized_ops` of the result, from one read of the file."""
     model = onnx.load(str(path), load_external_data=False)
     fused = fuse_biases(model.graph)
     if fused:
         onnx.save(model, str(path))
-    return fused
+    return {"biases_fused": fused, "float_ops": float_quantized_ops(model)}
 
 
 def fuse_biases(graph: onnx.GraphProto) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fxopt.engine.timing import latency_rounds, time_interleaved
+from fxopt.engine.timing import reference_vs_optimized, time_interleaved
 
 
 def test_rounds_visit_each_call_in_turn_with_a_warm_up_each_visit():
@@ -42,7 +42,8 @@ def test_a_slow_first_call_is_reported_apart_and_not_in_the_median():
     assert timing["x"]["first_s"] >= 0.05 and timing["x"]["p95"] < 50
 
 
-def test_report_settings_time_the_asked_number_of_calls():
+def test_reference_vs_optimized_times_the_asked_number_of_calls():
     for iters in (1, 2, 3, 10):
-        settings = latency_rounds(iters)
-        assert settings["rounds"] * settings["iters"] == iters
+        result = reference_vs_optimized(lambda: None, lambda: None, iters, warm=1)
+        assert result["reference"]["iters"] == result["optimized"]["iters"] == iters
+        assert set(result) == {"reference", "optimized", "speedup_p50"}
