@@ -9,6 +9,7 @@ speak the same language as the recipe. Weights go to external data next to ``mod
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import fx
 
 from .errors import FxoptError
 from .ir import ModelIR
@@ -31,14 +33,12 @@ class OnnxExportError(FxoptError):
 def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[str]:
     """Write ``path`` (+ ``path.data``) and return the file names written. Attention is
     written as plain math first (:mod:`.onnx_attention`), on a copy of the graph."""
+    # the rewrite edits a copy of the graph; the copy shares the IR's parameters
+    lowered = fx.GraphModule(ir.module, copy.deepcopy(ir.module.graph))
+    module = lowered if rewrite_attention(lowered) else ir.module
     program = torch.export.export(
-        ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+        module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
     )
-    lowered = program.module()
-    if rewrite_attention(lowered):
-        program = torch.export.export(
-            lowered, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
-        )
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
