@@ -1,22 +1,27 @@
-"""The digits example (``examples/digits/digits_model.py``), loaded by path for the benchmarks.
+"""The digits CNN, its training and data, for the benchmarks: from the installed package.
 
-The example is a script users run, not an installed package, so every benchmark that trains
-or exports its CNN loads it through here rather than importing it.
+The model and training code live in ``fxopt.plugins.builtin_models`` (what
+``path = "builtin:digits-cnn"`` in a recipe loads), the data in ``fxopt.plugins.datasets``
+(the ``digits`` source); ``examples/digits/digits_model.py`` saves them as files. The
+benchmarks call ``digits_module()`` for the lot, as they did when it loaded the example.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from functools import cache
-from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "digits" / "digits_model.py"
+from fxopt.plugins import builtin_models
+from fxopt.plugins.datasets import digits_arrays
 
 
-@cache
-def digits_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("digits_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def digits_module() -> SimpleNamespace:
+    """``digits_arrays``, ``SmallCNN``, ``train_cnn``, ``export_pt2``, ``build`` (writes
+    ``digits.npz`` and ``model.pt2`` into a directory) and ``TRAIN``."""
+    return SimpleNamespace(
+        TRAIN=builtin_models.TRAIN,
+        SmallCNN=builtin_models.SmallCNN,
+        build=builtin_models.write_digits,
+        digits_arrays=digits_arrays,
+        export_pt2=builtin_models.export_pt2,
+        train_cnn=builtin_models.train_cnn,
+    )

@@ -1,33 +1,25 @@
 """Structured pruning of all-MiniLM-L6-v2: speed, size and fidelity, before and after recovery.
 
-Writes the fine-tune corpus (``benchmarks/minilm-prune/docstrings.txt``: the sentences of
-every public docstring paragraph of the standard library, minus any sentence of the
-paragraphs the ``stdlib-docstrings`` source yields, which calibration and verification use),
-then runs ``recipes/minilm-prune.toml`` through the engine (``prepare``: load, capture,
+Runs ``recipes/minilm-prune.toml`` through the engine (``prepare``: load, capture,
 passes): ``prune.structured`` removes 30% of the FFN neurons and 25% of the heads of every
 layer, then the ``finetune`` pass distils the unpruned model back in (when that pass is
-registered; the table says so when it is not).
+registered; the table says so when it is not) on the ``stdlib-sentences`` source: the
+sentences of every public docstring paragraph of the standard library, minus any sentence of
+the paragraphs the ``stdlib-docstrings`` source yields, which calibration and verification use.
 Both the unpruned and the pruned graph are lowered with the ONNX Runtime backend (fp32, graph
 optimization ``all``) and timed in this process, alternating runs, batch 8 x sequence 128;
 fidelity is the cosine of the sentence embeddings against the original model on the recipe's
 256 held-out standard-library docstrings.
 
     python benchmarks/prune_minilm.py [--iters 30] [--threads 2] [--no-recovery]
-    python benchmarks/prune_minilm.py --corpus-only     # just write the corpus
+    python benchmarks/prune_minilm.py --corpus-only     # write the corpus out, to read it
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import inspect
-import io
-import re
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import onnxruntime
@@ -44,61 +36,12 @@ from fxopt.engine.recipe import load_recipe
 from fxopt.engine.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
-from fxopt.plugins.datasets import stdlib_sentences
+from fxopt.plugins.datasets import stdlib_sentence_corpus
 from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "minilm-prune.toml"
 CORPUS = HERE / "minilm-prune" / "docstrings.txt"
-#: modules whose import has side effects or whose docs are not prose
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-SKIP = ("_", "test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip")
-
-
-def sentences(paragraph: str) -> list[str]:
-    """A paragraph's sentences (split after ``.``, ``!`` or ``?`` before a capital)."""
-    return [s.strip() for s in SENTENCE_END.split(paragraph) if s.strip()]
-
-
-def docstring_corpus() -> list[str]:
-    """The sentences of the standard library's public docstring paragraphs (modules, their
-    functions and classes, the classes' methods), deduplicated, without any sentence of the
-    ``stdlib-docstrings`` paragraphs, which calibration and verification use.
-
-    Sentences rather than paragraphs: the held-out text is first paragraphs of docstrings,
-    mostly one short sentence (median 16 tokens), and distilling on text shaped like it
-    recovered more (cosine 0.971 vs 0.969 for the same steps, RESULTS.md)."""
-    held_out = {s for paragraph in stdlib_sentences() for s in (paragraph, *sentences(paragraph))}
-    found: dict[str, None] = {}
-
-    def add(doc: str | None) -> None:
-        for paragraph in (doc or "").split("\n\n"):
-            text = re.sub(r"\s+", " ", paragraph).strip()
-            if not (40 <= len(text) <= 600 and text[0].isupper()) or text in held_out:
-                continue
-            for sentence in sentences(text):
-                if len(sentence) >= 20 and sentence not in held_out:
-                    found.setdefault(sentence, None)
-
-    for name in sorted(sys.stdlib_module_names):
-        if name.startswith(SKIP):
-            continue
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(name)
-        except Exception:
-            continue
-        add(inspect.getdoc(module))
-        for attr, obj in sorted(vars(module).items()):
-            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
-                continue
-            add(inspect.getdoc(obj))
-            if inspect.isclass(obj):
-                for method, member in sorted(vars(obj).items()):
-                    if not method.startswith("_"):
-                        add(inspect.getdoc(member))
-    return list(found)
 
 
 class CpuClock(Instrument):
@@ -150,14 +93,19 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-recovery", action="store_true", help="skip the finetune pass")
-    parser.add_argument("--corpus-only", action="store_true", help="write the corpus and stop")
+    parser.add_argument(
+        "--corpus-only",
+        action="store_true",
+        help=f"write the fine-tune corpus (the stdlib-sentences source) to {CORPUS} and stop",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = docstring_corpus()
-    CORPUS.parent.mkdir(exist_ok=True)
-    CORPUS.write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    print(f"fine-tune corpus: {len(corpus)} docstring sentences in {CORPUS}")
+    corpus = stdlib_sentence_corpus()
+    print(f"fine-tune corpus: {len(corpus)} docstring sentences (source stdlib-sentences)")
     if args.corpus_only:
+        CORPUS.parent.mkdir(exist_ok=True)
+        CORPUS.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+        print(f"written to {CORPUS}")
         return
 
     host = load_plugins()

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from .recipe import NumbersNotBooleans
 
 if TYPE_CHECKING:
     from .ir import ModelIR
 
 
-class BackendOptions(BaseModel):
+class BackendOptions(NumbersNotBooleans):
     """Base of a backend's ``[target.options]`` model; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from . import library_log
 from .backend import Artifact
+from .console import Output
 from .errors import OutputError
 from .loading import LoadOptions
 from .plugin_host import load_plugins
@@ -24,26 +26,38 @@ from .timing import reference_vs_optimized
 
 
 def bench_output(
-    out_dir: Path, *, iters: int = 30, warmup: int = 5, batch: int | None = None
+    out_dir: Path,
+    *,
+    iters: int = 30,
+    warmup: int = 5,
+    batch: int | None = None,
+    output: Output | None = None,
 ) -> dict[str, Any]:
-    report_file = out_dir / "report.json"
-    if not report_file.is_file():
-        raise OutputError(
-            "not an fxopt output directory (no report.json)",
-            file=out_dir,
-            fix="pass a directory written by `optimize RECIPE -o DIR`",
-        )
-    report = json.loads(report_file.read_text(encoding="utf-8"))
+    output = output or Output(quiet=True)
+    library_log.reroute()  # torch set up its own log handlers when it was imported
+    report = _read_report(out_dir)
     host = load_plugins()
-    backend_class = host.backends.get(report["target"]["backend"])
-    backend = backend_class(backend_class.Options.model_validate(report["target"]["options"]))
-    runner = backend.load(out_dir, Artifact.from_json(report["artifacts"]))
+    try:
+        backend_class = host.backends.get(report["target"]["backend"])
+        options = backend_class.Options.model_validate(report["target"]["options"])
+        artifact = Artifact.from_json(report["artifacts"])
+        specs = [InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in report["inputs"]]
+        dims = {k: DimRange(**v) for k, v in report["dims"].items()}
+        model_path, task = Path(report["model_path"]), report["task"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OutputError(
+            f"report.json is not an fxopt report ({type(exc).__name__}: {exc})",
+            file=out_dir / "report.json",
+            fix="re-run optimize to write the output again",
+        ) from exc
+    backend = backend_class(options)
+    with output.stage(f"loading the artifact in {backend.name}"):
+        runner = backend.load(out_dir, artifact)
 
     from .pipeline import eager_runner
 
-    specs = [InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in report["inputs"]]
-    dims = {k: DimRange(**v) for k, v in report["dims"].items()}
-    loaded = _load_reference(host, Path(report["model_path"]), report["task"])
+    with output.stage(f"loading the original model from {model_path}"):
+        loaded = _load_reference(host, model_path, task)
     loaded.inputs = [next(s for s in loaded.inputs if s.name == spec.name) for spec in specs]
     sizes = {name: r.optimal for name, r in dims.items()}
     if batch is not None:
@@ -53,13 +67,32 @@ def bench_output(
         for k, v in synthetic_inputs(loaded.inputs, sizes, torch.Generator().manual_seed(0)).items()
     }
     reference = eager_runner(loaded)
-    return {
-        "shape": {k: list(v.shape) for k, v in feeds.items()},
-        **reference_vs_optimized(
+    with output.stage(f"timing {iters} calls of each, after {warmup} warm-up calls"):
+        timed = reference_vs_optimized(
             lambda: reference.run(feeds), lambda: runner.run(feeds), iters, warm=warmup
-        ),
-        "backend": backend.name,
-    }
+        )
+    return {"shape": {k: list(v.shape) for k, v in feeds.items()}, **timed, "backend": backend.name}
+
+
+def _read_report(out_dir: Path) -> dict[str, Any]:
+    report_file = out_dir / "report.json"
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        report = None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise OutputError(
+            f"report.json cannot be read ({type(exc).__name__})",
+            file=report_file,
+            fix="re-run optimize to write the output again",
+        ) from exc
+    if not isinstance(report, dict):
+        raise OutputError(
+            "not an fxopt output directory (no report.json)",
+            file=out_dir,
+            fix="pass a directory written by `optimize RECIPE -o DIR`",
+        )
+    return report
 
 
 def _load_reference(host, path: Path, task: str):

@@ -29,8 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache_entries import SEAL, check_seal, discard, file_sha256, mark_used, new_entry
+from .cache_root import CacheRoot, Location, locate
 from .console import Output
+from .errors import OutputError
 from .loading import resolve_model
+from .output_guard import (
+    Protected,
+    Seen,
+    check_parent,
+    check_placement,
+    check_replaceable,
+    needed_bytes,
+)
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .run_options import RunOptions
@@ -47,40 +58,60 @@ KEY_VERSIONS = (
     "tensorrt",
 )
 ENTRY_POINT_GROUP = "fxopt.plugins"
+#: Linux's ioctl that clones a file's blocks (copy-on-write file systems: btrfs, xfs)
+FICLONE = 0x40049409
 
 
 class HashCache:
-    """sha256 of files, remembered by (size, mtime) so unchanged files are not re-read."""
+    """sha256 of files, remembered by their stat so unchanged files are not re-read.
 
-    def __init__(self, path: Path | None) -> None:
+    The remembered stat is (size, mtime, ctime, inode): a file rewritten in place with its
+    size and mtime put back still gets a new ctime, which no user call can set, so it is
+    hashed again. ``trust_stat=False`` (``--verify-inputs``) re-hashes every file.
+    """
+
+    def __init__(self, path: Path | None, *, trust_stat: bool = True) -> None:
         self.path = path
+        self.trust_stat = trust_stat
         self.known: dict[str, list] = {}
         if path is not None and path.is_file():
-            with contextlib.suppress(ValueError, OSError):
-                self.known = json.loads(path.read_text(encoding="utf-8"))
+            with contextlib.suppress(ValueError, OSError, UnicodeDecodeError):
+                known = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(known, dict):
+                    self.known = {k: v for k, v in known.items() if _stat_record(v)}
         self.dirty = False
 
     def sha256(self, file: Path) -> str:
         stat = file.stat()
         key = str(file.resolve())
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         seen = self.known.get(key)
-        if seen and seen[0] == stat.st_size and seen[1] == stat.st_mtime_ns:
-            return seen[2]
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        self.known[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        if self.trust_stat and seen and seen[:4] == signature:
+            return seen[4]
+        digest = file_sha256(file)
+        self.known[key] = [*signature, digest]
         self.dirty = True
-        return digest.hexdigest()
+        return digest
 
     def save(self) -> None:
+        """Remember the hashes; a cache that cannot be written costs re-hashing, nothing more."""
         if self.path is None or not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.known), encoding="utf-8")
-        tmp.replace(self.path)
+        try:
+            tmp.write_text(json.dumps(self.known), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+
+def _stat_record(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 5
+        and all(isinstance(v, int) for v in value[:4])
+        and isinstance(value[4], str)
+    )
 
 
 def model_files(model_path: Path) -> list[Path]:
@@ -191,11 +222,13 @@ def build_key(components: dict[str, Any]) -> str:
 
 
 class BuildCache:
-    def __init__(self, root: Path, *, enabled: bool = True, output: Output | None = None) -> None:
+    """Finished outputs by build key, under ``<root>/outputs``; ``root=None``: no cache."""
+
+    def __init__(self, root: Path | None, *, output: Output | None = None, hashes=None) -> None:
         self.root = root
-        self.enabled = enabled
+        self.enabled = root is not None
         self.output = output or Output(quiet=True)
-        self.hashes = HashCache(root / "file-hashes.json" if enabled else None)
+        self.hashes = hashes or HashCache(root / "file-hashes.json" if root else None)
 
     def fingerprint(self, recipe: Recipe, model_path: Path) -> dict[str, Any]:
         components = fingerprint(recipe, model_path, self.hashes)
@@ -204,41 +237,61 @@ class BuildCache:
 
     def up_to_date(self, target: Path, key: str) -> Report | None:
         """The existing output's report when ``target`` was built from exactly these inputs."""
-        if not self.enabled or not self._intact(target, key, trust_stat=True):
+        if not self.enabled or not self._intact(target, key, self.hashes):
             return None
-        report = Report(json.loads((target / "report.json").read_text(encoding="utf-8")))
+        report = _read_report(target)
+        if report is None:
+            return None
         report.data["cache"] = "up-to-date"
         report.data["out_dir"] = str(target)
         return report
 
     def restore(self, key: str, target: Path) -> Report | None:
-        """Put a cached output in place of ``target``; a damaged entry is dropped, warning."""
+        """Put a cached output in place of (absent) ``target``; a damaged entry is dropped."""
+        if not self.enabled:
+            return None
         entry = self.root / "outputs" / key
-        if not self.enabled or not entry.is_dir():
+        if not entry.is_dir():
             return None
-        if not self._intact(entry, key, trust_stat=False):
-            self.output.warn(f"cache entry {entry} is damaged (hash mismatch); rebuilding")
-            shutil.rmtree(entry, ignore_errors=True)
+        problem = check_seal(entry)
+        if problem is None and not self._intact(entry, key, HashCache(None)):
+            problem = "its manifest does not match its files"
+        if problem is not None:
+            self.output.warn(f"cache entry {entry} is damaged ({problem}); rebuilding")
+            discard(entry)
             return None
-        staged = StagedDir(target, force=True)
+        mark_used(entry)
+        staged = StagedDir(target, Seen(exists=False))
         with staged as tmp:
-            _link_tree(entry, tmp)
+            copy_tree(entry, tmp, skip={SEAL})
             staged.commit()
-        report = Report(json.loads((target / "report.json").read_text(encoding="utf-8")))
-        report.data["cache"] = "restored"
-        report.data["out_dir"] = str(target)
+        report = _read_report(target)
+        if report is not None:
+            report.data["cache"] = "restored"
+            report.data["out_dir"] = str(target)
         return report
 
     def store(self, target: Path, key: str) -> None:
+        """Keep a copy of a finished output; a cache that cannot be written is only a warning."""
         if not self.enabled:
             return
         entry = self.root / "outputs" / key
         if entry.exists():
             return
-        tmp = entry.with_name(f".{key}.{os.getpid()}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        _link_tree(target, tmp)
-        tmp.rename(entry)
+        try:
+            with new_entry(entry) as tmp:
+                copy_tree(target, tmp)
+            self.evict(keep=entry)
+        except OSError as exc:
+            self.output.warn(f"could not keep the output in the cache {self.root}: {exc}")
+
+    def evict(self, keep: Path | None = None) -> None:
+        removed, freed = CacheRoot(self.root).evict(keep)
+        if removed:
+            self.output.step(
+                f"cache: removed {removed} least recently used entr{'y' if removed == 1 else 'ies'}"
+                f" ({freed / 2**20:.0f} MiB) to stay under its limit"
+            )
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -259,48 +312,84 @@ class BuildCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def info(self) -> dict[str, Any]:
-        outputs = sorted((self.root / "outputs").glob("[0-9a-f]*"))
-        passes = sorted((self.root / "passes").glob("[0-9a-f]*"))
-        size = (
-            sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-            if (self.root.exists())
-            else 0
-        )
-        return {
-            "path": str(self.root),
-            "outputs": len(outputs),
-            "pass_results": len(passes),
-            "bytes": size,
-        }
-
-    def clear(self) -> int:
-        removed = 0
-        for sub in ("outputs", "passes", "locks"):
-            path = self.root / sub
-            if path.exists():
-                removed += sum(1 for _ in path.iterdir())
-                shutil.rmtree(path)
-        (self.root / "file-hashes.json").unlink(missing_ok=True)
-        return removed
-
-    def _intact(self, directory: Path, key: str, *, trust_stat: bool) -> bool:
-        manifest_file = directory / "manifest.json"
-        if not manifest_file.is_file():
+    def _intact(self, directory: Path, key: str, hashes: HashCache) -> bool:
+        manifest = _read_json_object(directory / "manifest.json")
+        if manifest is None or manifest.get("build_key") != key:
             return False
-        try:
-            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        except ValueError:
+        outputs = manifest.get("outputs")
+        if not isinstance(outputs, dict):
             return False
-        if manifest.get("build_key") != key:
-            return False
-        hashes = self.hashes if trust_stat else HashCache(None)
-        for name, digest in manifest.get("outputs", {}).items():
+        for name, digest in outputs.items():
             file = directory / name
             if not file.is_file() or hashes.sha256(file) != digest:
                 return False
         hashes.save()
         return True
+
+
+def open_cache(location: Location, output: Output) -> Path | None:
+    """The usable cache directory, or ``None`` (with a warning) to build without one.
+
+    A directory the user named (``--cache-dir``, ``FXOPT_CACHE_DIR``) that cannot serve is an
+    error naming it; the default location failing only costs the cache.
+    """
+    if location.path is None:
+        output.warn(f"building without a cache: {location.reason}; set FXOPT_CACHE_DIR")
+        return None
+    root = CacheRoot(location.path)
+    problem = root.foreign()
+    if problem is None:
+        try:
+            root.ensure()
+        except OSError as exc:
+            problem = f"cannot be written ({exc.strerror or exc})"
+    if problem is None:
+        return location.path
+    if location.explicit:
+        raise OutputError(
+            f"cannot use this as the cache directory: it {problem}",
+            file=location.path,
+            field="--cache-dir / FXOPT_CACHE_DIR",
+            fix="name a writable directory of its own (or a new one), or pass --no-cache",
+        )
+    output.warn(f"building without a cache: {location.path} {problem}")
+    return None
+
+
+def copy_tree(source: Path, dest: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
+    """Copy every file of ``source`` into ``dest``: never a hard link, so editing an output
+    can never edit the cache; a copy-on-write clone where the file system has one."""
+    for file in sorted(source.rglob("*")):
+        relative = file.relative_to(source)
+        if file.is_dir():
+            (dest / relative).mkdir(parents=True, exist_ok=True)
+        elif relative.as_posix() not in skip:
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            _clone_file(file, dest / relative)
+
+
+def _clone_file(source: Path, dest: Path) -> None:
+    with source.open("rb") as src, dest.open("wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or ``None`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_report(directory: Path) -> Report | None:
+    data = _read_json_object(directory / "report.json")
+    return Report(data) if data is not None else None
 
 
 def write_depfile(path: Path, target: Path, inputs: list[Path]) -> None:
@@ -312,20 +401,6 @@ def write_depfile(path: Path, target: Path, inputs: list[Path]) -> None:
     lines = [f"{escape(target / 'manifest.json')}:"] + [f"  {escape(p)}" for p in inputs]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(" \\\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _link_tree(source: Path, dest: Path) -> None:
-    """Hard-link (or copy, across file systems) every file of ``source`` into ``dest``."""
-    for file in source.rglob("*"):
-        relative = file.relative_to(source)
-        if file.is_dir():
-            (dest / relative).mkdir(parents=True, exist_ok=True)
-            continue
-        (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(file, dest / relative)
-        except OSError:
-            shutil.copy2(file, dest / relative)
 
 
 def _versions() -> dict[str, str]:
@@ -353,20 +428,31 @@ class Build:
     target: Path
     cache: BuildCache
     components: dict[str, Any]
+    force: bool = False
 
     @property
     def key(self) -> str:
         return build_key(self.components)
 
+    @property
+    def cache_dir(self) -> Path | None:
+        """The cache every stage may use (``None``: ``--no-cache``, or none usable)."""
+        return self.cache.root
+
     def finished(self) -> Report | None:
         """The report of an identical earlier build, or ``None`` when there is work to do."""
         done = self.cache.up_to_date(self.target, self.key)
-        if done is None and not self.target.exists():
+        if done is None and not os.path.lexists(self.target):
             done = self.cache.restore(self.key, self.target)
         if done is not None:
             # build tools compare timestamps: a reused output must look newer than its inputs
             os.utime(self.target / "manifest.json")
         return done
+
+    def claim(self) -> Seen:
+        """What is at the target now; refused unless this run may replace it (``--force``,
+        and only an earlier fxopt output)."""
+        return check_replaceable(self.target, force=self.force)
 
 
 def plan_build(
@@ -375,16 +461,36 @@ def plan_build(
     options: RunOptions,
     output: Output,
 ) -> Build:
+    """Resolve the inputs, check where the output goes (before any work), open the cache."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     model_path = resolve_model(recipe, model_dir)
     target = options.out_dir or Path(f"{recipe.label.removesuffix('.toml')}-out")
+    location = locate(options.cache_dir)
+    inputs = model_files(model_path)
+    check_placement(target, protected_paths(recipe, model_path, location.path))
+    check_parent(target, needed_bytes(inputs))
     # --dump-ir asks to watch the passes run: an answer from the cache would show nothing
     reuse = options.use_cache and options.dump_ir is None
-    cache = BuildCache(options.cache_dir, enabled=reuse, output=output)
-    build = Build(recipe, model_path, target, cache, cache.fingerprint(recipe, model_path))
+    root = open_cache(location, output) if reuse else None
+    hashes = HashCache(
+        root / "file-hashes.json" if root else None, trust_stat=not options.verify_inputs
+    )
+    cache = BuildCache(root, output=output, hashes=hashes)
+    build = Build(
+        recipe, model_path, target, cache, cache.fingerprint(recipe, model_path), options.force
+    )
     if options.depfile is not None:
         sources = [recipe.source] if recipe.source else []
-        write_depfile(
-            options.depfile, target, [*sources, *model_files(model_path), *data_files(recipe)]
-        )
+        write_depfile(options.depfile, target, [*sources, *inputs, *data_files(recipe)])
     return build
+
+
+def protected_paths(recipe: Recipe, model_path: Path, cache: Path | None) -> list[Protected]:
+    """What ``-o`` must keep clear of (see :mod:`.output_guard`)."""
+    found = [Protected("model", model_path, whole=True)]
+    if recipe.source is not None:
+        found.append(Protected("recipe's folder", Path(recipe.source).parent))
+    found += [Protected("data file", path) for path in data_files(recipe)]
+    if cache is not None:
+        found.append(Protected("cache directory", cache, whole=True))
+    return found

@@ -7,6 +7,7 @@ they become a :class:`CaptureError` that names the offending line of model code 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import traceback
 
@@ -36,8 +37,9 @@ def effective_inputs(loaded: LoadedModel, section: ModelSection, label: str) -> 
                 field=f"model.inputs.{name}",
                 fix=f"the model's inputs are: {', '.join(proposed)}",
             )
+    # an override keeps what the loader knows and the recipe cannot say (the vocabulary range)
     return [
-        InputSpec(name, d.dtype, tuple(d.shape), d.low, d.high)
+        dataclasses.replace(spec, dtype=d.dtype, shape=tuple(d.shape), low=d.low, high=d.high)
         if (d := section.inputs.get(name))
         else spec
         for name, spec in proposed.items()

@@ -14,26 +14,32 @@ unavailable, 5 internal error, 130 interrupted. User errors print one message, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, BudgetError, FxoptError
+from . import library_log
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    BudgetError,
+    FxoptError,
+    OutputError,
+    environment_error,
+)
 
 SUBCOMMANDS = ("validate", "passes", "schema", "bench", "check", "cache")
 
 
-#: libraries that log import-time noise (optional kernels they could not load) at WARNING
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx", "onnxscript")
-
-
 def main(argv: list[str] | None = None) -> int:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         command, parser = argv[0], _subparser(argv[0])
@@ -46,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Output(quiet=quiet)
     handler: Callable[[argparse.Namespace, Output], int] = COMMANDS[command]
+    with _signals_interrupt(), library_log.collected():
+        return _handle(handler, args, output)
+
+
+def _handle(handler, args: argparse.Namespace, output) -> int:
+    """Run one command; every way it can end becomes an exit code and at most one message."""
     try:
         return handler(args, output)
     except BudgetError as exc:
@@ -56,13 +68,37 @@ def main(argv: list[str] | None = None) -> int:
     except FxoptError as exc:
         output.error(exc.render())
         return exc.exit_code
-    except KeyboardInterrupt:
-        output.error("interrupted; nothing was written")
-        return EXIT_INTERRUPTED
-    except Exception:
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        output.error(f"{how}; nothing was written")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except Exception as exc:
+        if (error := environment_error(exc)) is not None:
+            output.error(error.render())
+            return error.exit_code
         traceback.print_exc()
         output.error("internal error (a bug in fxopt or a plugin); the traceback is above")
         return EXIT_INTERNAL
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that every ``with`` and ``finally`` on the
+    way out runs: staging directories and unfinished cache entries are removed."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    def terminate(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -85,9 +121,18 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="build and pass cache (default $FXOPT_CACHE_DIR or ~/.cache/fxopt)",
+        help="the cache (default $FXOPT_CACHE_DIR, else $XDG_CACHE_HOME/fxopt or ~/.cache/fxopt)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write caches")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read and write no cache at all (outputs, pass results, calibration)",
+    )
+    parser.add_argument(
+        "--verify-inputs",
+        action="store_true",
+        help="re-hash every model and data file instead of trusting remembered hashes",
+    )
     _add_plugin_option(parser)
     parser.add_argument(
         "--depfile", type=Path, metavar="PATH", help="write a Make/Ninja depfile of every input"
@@ -129,16 +174,29 @@ def _subparser(command: str) -> argparse.ArgumentParser:
     elif command == "schema":
         parser.description = "Print the recipe JSON schema."
     elif command == "cache":
-        parser.description = "Show or clear the build cache."
-        parser.add_argument("action", choices=("info", "clear"))
+        parser.description = (
+            "Show the cache (size, limit, entries), clear it, or set its size limit "
+            "(optimize cache limit 2GiB); least recently used entries go first."
+        )
+        parser.add_argument("action", choices=("info", "clear", "limit"))
+        parser.add_argument("size", nargs="?", help="for 'limit': e.g. 2GiB, 500MB")
         parser.add_argument("--cache-dir", type=Path)
         parser.add_argument("--json", action="store_true")
     elif command == "bench":
-        parser.description = "Time an output directory's artifact next to the original model."
+        parser.description = (
+            "Time an output directory's artifact next to the original model, both in this "
+            "process on the same synthetic inputs, interleaved; prints median and p95."
+        )
         parser.add_argument("out_dir", type=Path)
-        parser.add_argument("--iters", type=int, default=30)
-        parser.add_argument("--warmup", type=int, default=5)
-        parser.add_argument("--batch", type=int, help="batch size (default: the recipe's opt)")
+        parser.add_argument(
+            "--iters", type=int, default=30, help="timed calls of each runner (default: 30)"
+        )
+        parser.add_argument(
+            "--warmup", type=int, default=5, help="untimed calls before each (default: 5)"
+        )
+        parser.add_argument(
+            "--batch", type=int, help="batch size (default: the recipe's opt batch size)"
+        )
         parser.add_argument("--json", action="store_true")
     elif command == "check":
         parser.description = (
@@ -163,14 +221,14 @@ def _run(args: argparse.Namespace, output) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         use_cache=not args.no_cache,
+        verify_inputs=args.verify_inputs,
+        cache_dir=args.cache_dir,
         plugins=args.plugin,
         depfile=args.depfile,
         resume=args.resume,
     )
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
         output.quiet = True
-    if args.cache_dir:
-        options.cache_dir = args.cache_dir
     # the no-op path: answered before torch is imported
     build = plan_build(args.recipe, args.model_dir, options, output)
     report = build.finished()
@@ -192,21 +250,41 @@ def _run(args: argparse.Namespace, output) -> int:
 
 
 def _cache(args: argparse.Namespace, output) -> int:
-    from .build_cache import BuildCache
-    from .run_options import default_cache_dir
+    from .cache_root import CacheRoot, locate, parse_size
 
-    cache = BuildCache(args.cache_dir or default_cache_dir(), output=output)
+    location = locate(args.cache_dir)
+    if location.path is None:
+        raise OutputError(
+            f"cannot find the cache: {location.reason}",
+            field="--cache-dir",
+            fix="pass --cache-dir or set FXOPT_CACHE_DIR",
+        )
+    cache = CacheRoot(location.path)
     if args.action == "clear":
         removed = cache.clear()
-        output.console.print(f"removed {removed} cache entries from {cache.root}")
+        output.console.print(f"removed {removed} cache entries from {cache.path}")
         return EXIT_OK
-    info = cache.info()
+    if args.action == "limit":
+        if args.size is None:
+            raise OutputError("say the limit", field="size", fix="optimize cache limit 2GiB")
+        try:
+            limit = parse_size(args.size)
+        except ValueError as exc:
+            raise OutputError(str(exc), field="size", fix="optimize cache limit 2GiB") from exc
+        if (why := cache.foreign()) is not None:
+            raise OutputError(f"this directory {why}", file=cache.path, field="--cache-dir")
+        cache.set_limit(limit)
+        from .build_cache import BuildCache
+
+        BuildCache(cache.path, output=output).evict()
+    info = cache.usage()
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         output.console.print(
-            f"{info['path']}: {info['outputs']} outputs, {info['pass_results']} pass results, "
-            f"{info['bytes'] / 2**20:.1f} MiB"
+            f"{info['path']}: {info['outputs']} outputs, {info['passes']} pass results, "
+            f"{info['calibration']} calibrations; {info['bytes'] / 2**20:.1f} MiB of "
+            f"{info['limit_bytes'] / 2**20:.0f} MiB limit"
         )
     return EXIT_OK
 
@@ -214,10 +292,13 @@ def _cache(args: argparse.Namespace, output) -> int:
 def _validate(args: argparse.Namespace, output) -> int:
     from .plan import bind
     from .plugin_host import load_plugins
-    from .recipe import load_recipe
+    from .recipe import check_files, load_recipe
 
     recipe = load_recipe(args.recipe)
-    plan = bind(recipe, load_plugins(only=args.plugin))
+    host = load_plugins(only=args.plugin)
+    plan = bind(recipe, host)
+    builtins = tuple(n for entry in host.loaders for n in getattr(entry.obj, "builtin_models", ()))
+    check_files(recipe, builtin_models=builtins)
     plan.backend.check_available()
     names = ", ".join(p.name for p in plan.passes) or "no passes"
     output.console.print(f"{args.recipe}: ok ({names} → {plan.backend.name})")
@@ -268,7 +349,9 @@ def _schema(args: argparse.Namespace, output) -> int:
 def _bench(args: argparse.Namespace, output) -> int:
     from .bench import bench_output
 
-    result = bench_output(args.out_dir, iters=args.iters, warmup=args.warmup, batch=args.batch)
+    result = bench_output(
+        args.out_dir, iters=args.iters, warmup=args.warmup, batch=args.batch, output=output
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK

@@ -5,12 +5,22 @@ stdout is reserved for machine output (``--json``), so everything here writes to
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class Output:
@@ -37,7 +47,9 @@ class Output:
     def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         """A progress bar; yields ``advance(n, description=None)`` (a new description shows
         live figures, e.g. the fine-tune loss and learning rate)."""
-        if self.quiet or total <= 1:
+        if not self.quiet and total > 1 and not self.console.is_terminal:
+            self.step(f"{description} ({total} steps)")
+        if self.quiet or total <= 1 or not self.console.is_terminal:
             yield lambda n=1, description=None: None
             return
         columns = (
@@ -45,9 +57,55 @@ class Output:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
         )
-        with Progress(*columns, console=self.console, transient=True) as bar:
+        bar = Progress(*columns, console=self.console, transient=True)
+        try:
+            bar.start()
+        except LiveError:  # inside a spinner: the spinner already says something is going on
+            yield lambda n=1, description=None: None
+            return
+        try:
             task_id = bar.add_task(description, total=total)
             yield lambda n=1, description=None: bar.update(
                 task_id, advance=n, **({"description": description} if description else {})
             )
+        finally:
+            bar.stop()
+
+    @contextmanager
+    def spinner(self, description: str) -> Iterator[None]:
+        """A spinner with the time elapsed, for a stage with nothing to count (an export, an
+        ONNX save, a graph optimization): no stage of a run is silent for long. Inside
+        another live display (a progress bar) it prints one step line instead."""
+        if self.quiet:
+            yield
+            return
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        progress = Progress(*columns, console=self.console, transient=True)
+        try:
+            progress.start()
+        except LiveError:
+            self.step(description)
+            yield
+            return
+        try:
+            progress.add_task(description, total=None)
+            yield
+        finally:
+            progress.stop()
+
+    @contextmanager
+    def stage(self, description: str) -> Iterator[None]:
+        """One stage of a run: a spinner while it works, then ``• description (N.N s)``."""
+        started = time.perf_counter()
+        if not self.console.is_terminal:  # a log: no spinner to watch, say it up front
+            self.step(description)
+            yield
+            if (seconds := time.perf_counter() - started) > 5:
+                self.step(f"{description}: done in {seconds:.1f} s")
+            return
+        with self.spinner(description):
+            yield
+        self.step(f"{description} ({time.perf_counter() - started:.1f} s)")

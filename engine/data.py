@@ -4,19 +4,21 @@ A dataset source (registered through ``fxopt_register_datasets``) yields :class:
 each with a stable key (a hash of the raw record). Splits that read the same source and file
 take consecutive, disjoint slices of it (calibration first, then fine-tune, then verification),
 and the keys of all splits are checked for overlap, so a model is never verified on the data it
-was calibrated or trained on.
+was calibrated or trained on. The values are checked too (ids within the vocabulary, float
+inputs finite: :func:`~.data_shapes.check_data_values`), before anything runs on them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from .data_shapes import check_data_values
 from .errors import DataError
 from .recipe import DataSplit, DimRange, Recipe
 from .registry import Registry
@@ -43,6 +45,18 @@ class DataContext:
     tokenize: Callable[[list[str], int], dict[str, torch.Tensor]] | None
     recipe: Recipe
     split_name: str
+    #: set once ``tokenize`` ran: the split's ids come from the model's own tokenizer
+    tokenized: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.tokenize is not None:
+            tokenize = self.tokenize
+
+            def recorded(texts: list[str], length: int) -> dict[str, torch.Tensor]:
+                self.tokenized = True
+                return tokenize(texts, length)
+
+            self.tokenize = recorded
 
     @property
     def label(self) -> str:
@@ -101,6 +115,7 @@ def build_splits(
     """Load every split the recipe declares, disjoint, batched."""
     offsets: dict[tuple[str, str | None], int] = {}
     samples: dict[str, list[Sample]] = {}
+    contexts: dict[str, DataContext] = {}
     for name in SPLIT_ORDER:
         split: DataSplit | None = getattr(recipe.data, name)
         if split is None:
@@ -117,7 +132,8 @@ def build_splits(
         # (sources that generate data per split, like synthetic, ignore the offset)
         group = (split.source, split.path)
         offset = offsets.get(group, 0)
-        got = source.samples(split, make_ctx(name), offset=offset, count=split.samples)
+        contexts[name] = ctx = make_ctx(name)
+        got = source.samples(split, ctx, offset=offset, count=split.samples)
         if len(got) < split.samples:
             shared = f" after the {offset} used by earlier splits" if offset else ""
             raise DataError(
@@ -129,9 +145,14 @@ def build_splits(
         offsets[group] = offset + split.samples
         samples[name] = got
     _check_disjoint(samples, recipe.label)
-    return {
-        name: batches(got, getattr(recipe.data, name).batch_size) for name, got in samples.items()
-    }
+    out = {}
+    for name, got in samples.items():
+        split = getattr(recipe.data, name)
+        out[name] = batches(got, split.batch_size)
+        ctx = contexts[name]
+        file = str(recipe.resolve_path(split.path)) if split.path else recipe.label
+        check_data_values(ctx.inputs, out[name], split=name, file=file, tokenized=ctx.tokenized)
+    return out
 
 
 def _check_disjoint(samples: dict[str, list[Sample]], label: str) -> None:

@@ -39,6 +39,7 @@ def build_manifest(
         return {"path": str(path), "sha256": hasher(path)}
 
     return {
+        "generator": "fxopt",
         "build_key": build_key,
         "recipe": entry(recipe) if recipe else None,
         "model": [entry(p) for p in model_files],

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from .errors import DataError
+from .recipe import NumbersNotBooleans
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 
-class PassConfig(BaseModel):
+class PassConfig(NumbersNotBooleans):
     """Base of every pass's ``Config``: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
@@ -60,18 +61,19 @@ class PassContext:
     ``batches(split)`` yields the recipe's data for ``calibration`` or ``finetune``;
     ``reference`` runs the original, unoptimized model (for distillation); ``evaluate``
     measures an IR against the reference on the verification inputs (for accuracy-aware
-    passes); ``cache_dir`` is where a pass may keep results across runs. ``plugins`` is the
-    run's plugin host (registries and hooks, e.g. attacks for ``finetune``); ``resume`` is
-    ``optimize --resume``'s value (a checkpoint path, or ``"latest"``). ``reference_module``
-    is the original model itself, for passes that read its intermediate states (``finetune``'s
-    hidden-state distillation); never modify it.
+    passes); ``cache_dir`` is where a pass may keep results across runs, ``None`` when the
+    run may neither read nor write a cache (``--no-cache``): a pass must then keep nothing.
+    ``plugins`` is the run's plugin host (registries and hooks, e.g. attacks for
+    ``finetune``); ``resume`` is ``optimize --resume``'s value (a checkpoint path, or
+    ``"latest"``). ``reference_module`` is the original model itself, for passes that read
+    its intermediate states (``finetune``'s hidden-state distillation); never modify it.
     """
 
     recipe: Recipe
     batches: Callable[[str], list[Batch]]
     reference: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]
     evaluate: Callable[[ModelIR], dict[str, float]]
-    cache_dir: Path
+    cache_dir: Path | None
     output: Output
     plugins: PluginHost | None = None
     resume: str | None = None

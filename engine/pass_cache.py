@@ -9,20 +9,22 @@ result instead of recalibrating or retraining. Only passes that took at least
 The graph is stored as a ``torch.export`` archive. Custom ``node.meta`` entries do not survive
 the round trip, so a pass must not rely on another pass's metadata across a cache boundary;
 anything that fails to save or load is reported as a warning and recomputed, never fatal.
+Entries are sealed (:mod:`.cache_entries`): one whose files no longer match their recorded
+sha256 is removed and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .cache_entries import check_seal, discard, mark_used, new_entry
+from .cache_root import CacheRoot
 from .console import Output
 from .instruments import Instrument, PassRecord
 from .ir import ModelIR
@@ -45,26 +47,36 @@ def prefix_keys(components: dict[str, Any]) -> list[str]:
 
 @dataclass
 class PassCache:
-    root: Path
+    """``root``: ``<cache>/passes``; ``None`` when the run has no cache (``--no-cache``)."""
+
+    root: Path | None
     keys: list[str]
     output: Output
-    enabled: bool = True
 
     def resume(self, ir: ModelIR) -> list[PassRecord]:
-        """Load the deepest cached result into ``ir``; return the records of its passes."""
-        if not self.enabled:
+        """Load the deepest intact cached result into ``ir``; return the records of its passes.
+
+        Each entry is checked against its seal first: a damaged one is removed with a warning
+        and the next shallower one tried, so a flipped bit is recomputed, never shipped.
+        """
+        if self.root is None:
             return []
         for index in reversed(range(len(self.keys))):
             entry = self.root / self.keys[index]
-            if not (entry / "state.json").is_file():
+            if not entry.is_dir():
+                continue
+            if (problem := check_seal(entry)) is not None:
+                self.output.warn(f"pass cache entry {entry} is damaged ({problem}); recomputing")
+                discard(entry)
                 continue
             try:
                 state = json.loads((entry / "state.json").read_text(encoding="utf-8"))
                 module = torch.export.load(str(entry / "ir.pt2")).module()
             except Exception as exc:  # a damaged entry costs a recompute, nothing more
                 self.output.warn(f"pass cache entry {entry} unreadable ({exc}); recomputing")
-                shutil.rmtree(entry, ignore_errors=True)
+                discard(entry)
                 continue
+            mark_used(entry)
             _adopt(ir, module)
             if "config" in state:  # sizes a pass recorded (prune.structured) for config.json
                 ir.meta.config = state["config"]
@@ -80,22 +92,23 @@ class PassCache:
         return _Store(self, done)
 
     def store(self, index: int, ir: ModelIR, records: list[PassRecord]) -> None:
+        if self.root is None:
+            return
         entry = self.root / self.keys[index]
         if entry.exists():
             return
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
         try:
-            tmp.mkdir(parents=True, exist_ok=True)
-            program = torch.export.export(
-                ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
-            )
-            torch.export.save(program, str(tmp / "ir.pt2"))
-            state = {"records": [_record_fields(r) for r in records], "config": ir.meta.config}
-            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-            tmp.rename(entry)
+            spinner = self.output.spinner(f"caching the result of {records[-1].name}")
+            with spinner, new_entry(entry) as tmp:
+                program = torch.export.export(
+                    ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
+                )
+                torch.export.save(program, str(tmp / "ir.pt2"))
+                state = {"records": [_record_fields(r) for r in records], "config": ir.meta.config}
+                (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            CacheRoot(self.root.parent).evict(keep=entry)
         except Exception as exc:
             self.output.warn(f"could not cache the result of {records[-1].name}: {exc}")
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Store(Instrument):

@@ -13,6 +13,7 @@ import contextlib
 import importlib.metadata as md
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import library_log
 from .backend import Runner
 from .build_cache import Build, HashCache, data_files, plan_build
 from .capture import capture, effective_dims, effective_inputs
 from .console import Output
 from .data import Batch, DataContext, build_splits
 from .data_shapes import check_data_shapes
-from .errors import BudgetError, ModelError
+from .errors import BudgetError, FxoptError, ModelError
 from .instruments import DumpIR, Numerics, PassRecord
 from .ir import ModelIR
 from .loading import LoadedModel, LoadOptions, resolve_model
 from .manifest import build_manifest
+from .output_guard import MANIFEST, Seen, foreign_rejected
 from .pass_base import PassContext
 from .pass_cache import PassCache, prefix_keys
 from .pass_manager import PassManager
@@ -40,7 +43,7 @@ from .plugin_host import PluginHost, load_plugins
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .run_options import RunOptions
-from .staging import StagedDir, check_target
+from .staging import StagedDir
 from .timing import reference_vs_optimized
 from .verify import check_budget, compare
 
@@ -59,6 +62,8 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     build_key: str = ""
     pass_cache: PassCache | None = None
+    #: the cache passes may use (calibration, checkpoints); ``None``: no cache at all
+    cache_dir: Path | None = None
 
 
 def optimize(
@@ -89,34 +94,46 @@ def optimize(
     with contextlib.nullcontext() if peer else build.cache.lock(build.key):
         if (done := build.finished()) is not None:  # a concurrent build of the same inputs
             return done
-        host = host or load_plugins(only=options.plugins)
-        report = _build(build, options, output, host, started)
+        # the output is claimed and its staging directory made before any work: a target
+        # that may not be replaced, or a parent that cannot be written, fails in a second
+        staged = None if peer else StagedDir(build.target, build.claim())
+        with staged or contextlib.nullcontext():
+            library_log.reroute()  # torch set up its own log handlers when it was imported
+            host = host or load_plugins(only=options.plugins)
+            report = _build(build, staged, options, output, host, started)
         if not peer:
             build.cache.store(build.target, build.key)
     return report
 
 
 def _build(
-    build: Build, options: RunOptions, output: Output, host: PluginHost, started: float
+    build: Build,
+    staged: StagedDir | None,
+    options: RunOptions,
+    output: Output,
+    host: PluginHost,
+    started: float,
 ) -> Report:
-    recipe, model_path, target = build.recipe, build.model_path, build.target
+    recipe, model_path = build.recipe, build.model_path
     plan = bind(recipe, host)
-    check_target(target, force=options.force)
     plan.backend.check_available()
 
     run = _prepare(recipe, plan, host, model_path, options, output)
     run.started = started
     run.build_key = build.key
+    run.cache_dir = build.cache_dir
     run.pass_cache = PassCache(
-        options.cache_dir / "passes", prefix_keys(build.components), output, build.cache.enabled
+        build.cache_dir / "passes" if build.cache_dir else None,
+        prefix_keys(build.components),
+        output,
     )
     ir = _capture(run, output)
     ir, records = _run_passes(run, ir, options, output, host)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only rank 0 writes outputs
+    if staged is None:  # under torchrun, only rank 0 writes outputs
         rank = int(os.environ["RANK"])
         passes = [r.to_json() for r in records]
         return Report({"passed": True, "rank": rank, "out_dir": None, "passes": passes})
-    return _lower_and_verify(run, ir, records, target, options, output)
+    return _lower_and_verify(run, ir, records, staged, output)
 
 
 @dataclass
@@ -164,19 +181,20 @@ def _prepare(
     output: Output,
 ) -> _Run:
     tick = time.perf_counter()
-    output.step(f"loading {model_path}")
-    loaded = load_model(host, recipe, model_path, options)
+    with output.stage(f"loading {model_path}"):
+        loaded = load_model(host, recipe, model_path, options)
     specs = effective_inputs(loaded, recipe.model, recipe.label)
     loaded.inputs = specs
     loaded.dims = effective_dims(loaded, recipe.model, specs, recipe.label)
     seconds = {"load": time.perf_counter() - tick}
 
     tick = time.perf_counter()
-    splits = build_splits(
-        recipe,
-        host.datasets,
-        lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
-    )
+    with output.stage("building the data sets"):
+        splits = build_splits(
+            recipe,
+            host.datasets,
+            lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
+        )
     check_data_shapes(specs, loaded.dims, splits, label=recipe.label)
     seconds["data"] = time.perf_counter() - tick
 
@@ -231,8 +249,8 @@ def _masks(batches: list[Batch]) -> list[np.ndarray | None]:
 
 def _capture(run: _Run, output: Output) -> ModelIR:
     tick = time.perf_counter()
-    output.step("capturing with torch.export")
-    ir = capture(run.loaded, run.loaded.inputs, run.loaded.dims, source=str(run.model_path))
+    with output.stage("capturing with torch.export"):
+        ir = capture(run.loaded, run.loaded.inputs, run.loaded.dims, source=str(run.model_path))
     run.seconds["capture"] = time.perf_counter() - tick
     return ir
 
@@ -278,7 +296,7 @@ def _run_passes(
         batches=lambda split: run.splits.get(split, []),
         reference=reference,
         evaluate=_evaluator(run, 10**9),
-        cache_dir=options.cache_dir,
+        cache_dir=run.cache_dir,
         output=output,
         plugins=host,
         resume=options.resume,
@@ -293,54 +311,58 @@ def _run_passes(
 
 
 def _lower_and_verify(
-    run: _Run,
-    ir: ModelIR,
-    records: list[PassRecord],
-    target: Path,
-    options: RunOptions,
-    output: Output,
+    run: _Run, ir: ModelIR, records: list[PassRecord], staged: StagedDir, output: Output
 ) -> Report:
     backend = run.plan.backend
-    staged = StagedDir(target, force=options.force)
-    with staged as tmp:
-        tick = time.perf_counter()
-        output.step(f"lowering to {backend.name}")
+    target, tmp = staged.target, staged.path
+    tick = time.perf_counter()
+    with output.stage(f"lowering to {backend.name}"):
         artifact = backend.lower(ir, tmp)
-        for message in artifact.info.get("warnings", []):
-            output.warn(f"{backend.name}: {message}")
+    for message in artifact.info.get("warnings", []):
+        output.warn(f"{backend.name}: {message}")
+    with output.stage(f"loading the artifact in {backend.name}"):
         runner = backend.load(tmp, artifact)
-        run.seconds["lower"] = time.perf_counter() - tick
+    run.seconds["lower"] = time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        batches = run.splits["verification"]
-        candidate = run_batches(runner, batches, output, "artifact")
-        metrics = compare(run.reference, candidate, _masks(batches), ir.meta.task)
-        budget = check_budget(metrics, run.recipe.verify)
-        passed = all(line.passed for line in budget)
-        run.seconds["verify"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    batches = run.splits["verification"]
+    candidate = run_batches(runner, batches, output, "artifact")
+    metrics = compare(run.reference, candidate, _masks(batches), ir.meta.task)
+    budget = check_budget(metrics, run.recipe.verify)
+    passed = all(line.passed for line in budget)
+    run.seconds["verify"] = time.perf_counter() - tick
 
-        latency = _latency(run, runner) if run.recipe.verify.latency else None
-        assets = run.loaded.save_assets(tmp) if run.loaded.save_assets else []
-        if "config.json" in assets and ir.meta.config != run.loaded.config:
-            # a pass that changed sizes (prune.structured) recorded them in ir.meta.config
-            text = json.dumps(ir.meta.config, indent=2) + "\n"
-            (tmp / "config.json").write_text(text, encoding="utf-8")
-        run.seconds["total"] = time.perf_counter() - run.started
-        report = _report(run, ir, records, artifact.to_json(), metrics, budget, passed, latency)
-        files = [*artifact.files, *assets, *report.write(tmp)]
-        manifest = build_manifest(
-            build_key=run.build_key,
-            hasher=HashCache(None).sha256,
-            recipe=run.recipe.source,
-            model_files=run.loaded.files,
-            data_files=data_files(run.recipe),
-            artifacts=files,
-            out_dir=tmp,
-        )
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if not passed:
-            raise _budget_error(report, target)
-        staged.commit()
+    latency = None
+    if run.recipe.verify.latency:
+        with output.stage("timing the artifact against the original model"):
+            latency = _latency(run, runner)
+    assets = run.loaded.save_assets(tmp) if run.loaded.save_assets else []
+    if "config.json" in assets and ir.meta.config != run.loaded.config:
+        # a pass that changed sizes (prune.structured) recorded them in ir.meta.config
+        text = json.dumps(ir.meta.config, indent=2) + "\n"
+        (tmp / "config.json").write_text(text, encoding="utf-8")
+    run.seconds["total"] = time.perf_counter() - run.started
+    report = _report(run, ir, records, artifact.to_json(), metrics, budget, passed, latency)
+    report.write(tmp)
+    if warned := library_log.write(tmp):
+        output.step(f"{warned} warning(s) from libraries in {target / library_log.LOG_FILE}")
+    # every file the output holds is listed, so a later --force can tell it is all fxopt's
+    files = sorted(
+        p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p != tmp / MANIFEST
+    )
+    manifest = build_manifest(
+        build_key=run.build_key,
+        hasher=HashCache(None).sha256,
+        recipe=run.recipe.source,
+        model_files=run.loaded.files,
+        data_files=data_files(run.recipe),
+        artifacts=files,
+        out_dir=tmp,
+    )
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if not passed:
+        raise _budget_error(report, target)
+    staged.commit()
     report.data["out_dir"] = str(target)
     return report
 
@@ -412,8 +434,7 @@ def _costliest(records: list[PassRecord], final: dict[str, float]) -> dict[str, 
 
 def _budget_error(report: Report, target: Path) -> BudgetError:
     rejected = target.with_name(target.name + ".rejected")
-    rejected.mkdir(parents=True, exist_ok=True)
-    report.write(rejected)
+    where = write_rejected(report, rejected)
     misses = [b for b in report["verify"]["budget"] if not b["passed"]]
     detail = "; ".join(
         f"{b['metric']} = {b['value']:.6f}, bound {b['field']} = {b['bound']}" for b in misses
@@ -421,14 +442,30 @@ def _budget_error(report: Report, target: Path) -> BudgetError:
     step = report["verify"]["costliest_step"]
     error = BudgetError(
         f"fidelity budget missed: {detail}; costliest step: {step['name']} "
-        f"(cosine -{step['cosine_drop']:.6f}); nothing written to {target}, "
-        f"report in {rejected}",
+        f"(cosine -{step['cosine_drop']:.6f}); nothing written to {target}, {where}",
         file=report["recipe"],
         field="verify",
         fix="relax [verify] or change the passes that cost the most",
     )
     error.report = report
     return error
+
+
+def write_rejected(report: Report, rejected: Path) -> str:
+    """Write a rejected run's report to ``<out>.rejected`` (replacing only an earlier one) and
+    say where it went."""
+    if (problem := foreign_rejected(rejected)) is not None:
+        return f"report not written ({rejected} {problem})"
+    try:
+        staged = StagedDir(rejected, Seen(exists=False))
+        with staged as tmp:
+            report.write(tmp)
+            library_log.write(tmp)
+            shutil.rmtree(rejected, ignore_errors=True)  # an earlier rejected report of ours
+            staged.commit()
+    except (OSError, FxoptError) as exc:
+        return f"report not written ({exc})"
+    return f"report in {rejected}"
 
 
 def _version() -> str:

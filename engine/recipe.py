@@ -11,16 +11,34 @@ Structure (``optimize schema`` prints the full JSON schema)::
 
 Each pass's ``config`` is validated by that pass's own ``Config`` model once the plugins are
 loaded (:func:`bind_passes`), so its errors read ``passes[1].config.ratio`` like the rest.
+
+Numbers are checked as strictly as keys: a boolean is never a number (``batch_size = true``
+is an error, not 1), input ranges are finite and ordered, and every count that sizes an
+allocation or a loop has an upper bound, so a typo (``samples = 2**40``) is an error at load
+time instead of a hang. The bounds are checked by validators, not ``Field(le=...)``, so the
+committed JSON schema stays as it is.
 """
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError
 from .toml_compat import tomllib
@@ -28,19 +46,126 @@ from .toml_compat import tomllib
 SCHEMA_VERSION = 1
 DTYPES = ("int64", "int32", "float32", "float16", "bfloat16", "bool")
 
+#: upper bounds of the counts that size an allocation or a loop: far above any real recipe,
+#: low enough that a typo is an error at load time, not a hang or an out-of-memory kill
+MAX_SAMPLES = 1_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_AXIS = 1_048_576  # a dynamic axis, a fixed input size, a sequence length
+MAX_LATENCY_ITERS = 10_000
+MAX_SEED = 2**32 - 1
 
-class Strict(BaseModel):
-    """Base for every recipe table: unknown keys are errors, never silently ignored."""
+#: the values each input dtype can hold (ints: ``high`` is exclusive)
+INT_RANGES = {"int64": (-(2**63), 2**63), "int32": (-(2**31), 2**31)}
+FLOAT_MAX = {"float32": 3.4028234e38, "bfloat16": 3.3895313e38, "float16": 65504.0}
+#: synthetic data's range when the recipe gives none
+DEFAULT_RANGE = {"int": (0, 2), "float": (0.0, 1.0)}
+
+MINIMAL_RECIPE_FIX = (
+    "start from recipes/quickstart.toml: schema_version = 1, the [[passes]] to run and the "
+    "[target] backend (docs/recipes.md lists every table)"
+)
+
+
+def problem(message: str, fix: str) -> PydanticCustomError:
+    """A validation error that carries its fix (:func:`validation_error` prints it)."""
+    return PydanticCustomError("fxopt", "{message}", {"message": message, "fix": fix})
+
+
+def _at_most(limit: int, fix: str) -> AfterValidator:
+    def check(value: int | None) -> int | None:
+        if value is not None and value > limit:
+            raise problem(f"must be at most {limit}", fix)
+        return value
+
+    return AfterValidator(check)
+
+
+def _scalar_types(annotation: Any) -> set[type]:
+    """Scalar types a field takes: ``int | None`` -> {int, NoneType}, ``Literal[1]`` -> {int}."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_types(a) for a in typing.get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def _wants_number(annotation: Any) -> str | None:
+    """``"an integer"`` / ``"a number"`` when a field takes numbers and no booleans."""
+    leaves = _scalar_types(annotation)
+    if bool in leaves or not leaves & {int, float}:
+        return None
+    return "a number" if float in leaves else "an integer"
+
+
+def _no_bool_size(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise problem(
+            "a fixed size is expected here, not a boolean",
+            "write a number (a fixed size) or a name (a dynamic axis), e.g. "
+            'shape = ["batch", "sequence"]',
+        )
+    return value
+
+
+def _axis(value: str | int) -> str | int:
+    if isinstance(value, int) and not 1 <= value <= MAX_AXIS:
+        raise problem(
+            f"a fixed size must lie in [1, {MAX_AXIS}]",
+            "write the input's size on this axis, or a name for a dynamic axis",
+        )
+    if isinstance(value, str) and not value.strip():
+        raise problem("an axis name must not be empty", 'name the axis, e.g. "batch"')
+    return value
+
+
+class NumbersNotBooleans(BaseModel):
+    """A model whose int and float fields refuse booleans, which pydantic would take as 1 / 0.
+
+    Fields typed ``bool | int`` keep their booleans. The recipe's tables are such models; a
+    pass's or a backend's config can be one too (subclass this), and its error then names the
+    field and the fix the same way.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            info_field = cls.model_fields[info.field_name]
+            wanted = _wants_number(info_field.annotation)
+            if wanted is not None:
+                default = info_field.default
+                example = default if type(default) in (int, float) else 1
+                raise problem(
+                    f"{wanted} is expected here, not a boolean",
+                    f"write a number, e.g. {info.field_name} = {example}",
+                )
+        return value
+
+
+class Strict(NumbersNotBooleans):
+    """Base for every recipe table: unknown keys are errors, never silently ignored; nor are
+    booleans numbers (``batch_size = true`` is an error, not 1)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+_AXIS_SIZE = _at_most(MAX_AXIS, "narrow the range to the sizes the model really takes")
+
+
+def _seed(value: int) -> int:
+    if value < 0 or value > MAX_SEED:
+        where = "must not be negative" if value < 0 else f"must be at most {MAX_SEED}"
+        raise problem(where, "use a small non-negative seed, e.g. 0")
+    return value
 
 
 class DimRange(Strict):
     """The range one dynamic axis may take; ``opt`` is the shape to tune and time for."""
 
-    min: int = Field(ge=1)
-    max: int = Field(ge=1)
-    opt: int | None = Field(default=None, ge=1)
+    min: Annotated[int, _AXIS_SIZE] = Field(ge=1)
+    max: Annotated[int, _AXIS_SIZE] = Field(ge=1)
+    opt: Annotated[int | None, _AXIS_SIZE] = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> DimRange:
@@ -59,16 +184,66 @@ class InputDecl(Strict):
     """One model input: dtype, and a shape of named dynamic axes and fixed sizes."""
 
     dtype: Literal[DTYPES] = "int64"  # type: ignore[valid-type]
-    shape: list[str | int] = Field(min_length=1)
+    shape: list[Annotated[str | int, BeforeValidator(_no_bool_size), AfterValidator(_axis)]] = (
+        Field(min_length=1)
+    )
     low: float | None = Field(default=None, description="smallest value for synthetic data")
     high: float | None = Field(default=None, description="largest value (exclusive) for ints")
+
+    @field_validator("low", "high")
+    @classmethod
+    def _representable(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """Finite, whole for integer inputs, and within what the dtype can hold."""
+        if value is None:
+            return value
+        name, dtype = info.field_name, info.data.get("dtype", "int64")
+        fix = f"set {name} to a finite value the input can take (synthetic data lies in it)"
+        if not math.isfinite(value):
+            raise problem("must be a finite number", fix)
+        if dtype in INT_RANGES:
+            lowest, highest = INT_RANGES[dtype]
+            if not value.is_integer():
+                raise problem(f"an {dtype} input's {name} must be a whole number", fix)
+            if not lowest <= value <= highest:
+                raise problem(f"outside what {dtype} holds ([{lowest}, {highest}])", fix)
+        elif dtype in FLOAT_MAX and abs(value) > FLOAT_MAX[dtype]:
+            raise problem(f"outside what {dtype} holds (|value| <= {FLOAT_MAX[dtype]:g})", fix)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InputDecl:
+        if self.dtype == "bool":
+            return self
+        integer = self.dtype in INT_RANGES
+        default_low, default_high = DEFAULT_RANGE["int" if integer else "float"]
+        low = self.low if self.low is not None else default_low
+        high = self.high if self.high is not None else default_high
+        if (low < high) if integer else (low <= high):
+            return self
+
+        def shown(value: float, given: float | None, default: str) -> str:
+            text = str(int(value)) if integer else repr(float(value))
+            return text if given is not None else f"{text}, the default when {default} is unset"
+
+        low_text = shown(low, self.low, "low")
+        high_text = shown(high, self.high, "high")
+        if integer:
+            message = f"low ({low_text}) must be below high ({high_text}): high is exclusive"
+        else:
+            message = f"low ({low_text}) must be at most high ({high_text})"
+        raise problem(
+            message,
+            "set low and high to the range of the input's values, e.g. low = 0, high = 1000 "
+            "for token ids below 1000",
+        )
 
 
 class ModelSection(Strict):
     path: str | None = Field(
         default=None,
         description="model directory or .pt2 archive used when the command line names none; "
-        "relative to the recipe, or 'pkg:<python package>/<subdir>' for a model a package ships",
+        "relative to the recipe, 'pkg:<python package>/<subdir>' for a model a package ships, "
+        "or 'builtin:<name>' for a model a loader builds itself (builtin:digits-cnn)",
     )
     task: str | None = Field(
         default=None,
@@ -87,12 +262,22 @@ class ModelSection(Strict):
 class DataSplit(Strict):
     source: str = Field(description="a registered dataset: text, jsonl, npz, synthetic, ...")
     path: str | None = Field(default=None, description="file for file-based sources")
-    samples: int = Field(default=64, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    sequence_length: int | None = Field(default=None, ge=1, description="token length for text")
+    samples: Annotated[
+        int,
+        _at_most(
+            MAX_SAMPLES, "use fewer samples: a split is held in memory (a few hundred verify well)"
+        ),
+    ] = Field(default=64, ge=1)
+    batch_size: Annotated[
+        int, _at_most(MAX_BATCH_SIZE, "use a batch the model can run at once, e.g. 8 to 64")
+    ] = Field(default=8, ge=1)
+    sequence_length: Annotated[
+        int | None,
+        _at_most(MAX_AXIS, "use the token length the model runs at, at most its context"),
+    ] = Field(default=None, ge=1, description="token length for text")
     field: str = Field(default="text", description="JSONL field holding the text")
     label_field: str | None = Field(default=None, description="JSONL field holding a label")
-    seed: int = 0
+    seed: Annotated[int, AfterValidator(_seed)] = 0
 
 
 class DataSection(Strict):
@@ -123,11 +308,13 @@ class VerifySection(Strict):
     max_abs: float | None = Field(default=None, ge=0)
     max_rel_l2: float | None = Field(default=None, ge=0)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
-    pass_samples: int = Field(
-        default=16, ge=0, description="samples used to measure each pass's numerics (0: off)"
-    )
+    pass_samples: Annotated[
+        int, _at_most(MAX_SAMPLES, "measure each pass on fewer samples, e.g. 16 (0: off)")
+    ] = Field(default=16, ge=0, description="samples used to measure each pass's numerics (0: off)")
     latency: bool = Field(default=True, description="time reference and artifact in the report")
-    latency_iters: int = Field(
+    latency_iters: Annotated[
+        int, _at_most(MAX_LATENCY_ITERS, "time fewer runs, e.g. 10 to 100")
+    ] = Field(
         default=10,
         ge=1,
         description="timed runs of each side, interleaved, each after its own warm-up",
@@ -174,7 +361,21 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"not valid TOML: {exc}", file=path.name) from None
     except UnicodeDecodeError:
         raise RecipeError("not a UTF-8 text file", file=path.name) from None
-    return parse_recipe(data, source=path)
+    if not data:
+        raise RecipeError(
+            "the recipe is empty (no keys, only comments or blank lines)",
+            file=path.name,
+            fix=MINIMAL_RECIPE_FIX,
+        )
+    recipe = parse_recipe(data, source=path)
+    if set(data) == {"schema_version"}:
+        raise RecipeError(
+            "the recipe sets only schema_version: no model, data, passes, target or budget, "
+            "so a run would silently export the model unchanged",
+            file=path.name,
+            fix=MINIMAL_RECIPE_FIX,
+        )
+    return recipe
 
 
 def parse_recipe(data: dict[str, Any], *, source: Path | None = None) -> Recipe:
@@ -191,8 +392,9 @@ def validation_error(
     exc: ValidationError, model: type[BaseModel], *, file: str, prefix: str = ""
 ) -> RecipeError:
     """Turn pydantic's errors into one message: ``file: a.b[2].c: what (got x)`` per line."""
-    lines = []
+    lines, fix = [], None
     for err in exc.errors():
+        fix = fix or (err.get("ctx") or {}).get("fix")
         loc = prefix + _dotted(err["loc"])
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, err["loc"][:-1])
@@ -207,7 +409,7 @@ def validation_error(
     field, _, message = first.partition(": ")
     if rest:
         message += "".join(f"\n  {file}: {line}" for line in rest)
-    return RecipeError(message, file=file, field=field)
+    return RecipeError(message, file=file, field=field, fix=fix)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -246,3 +448,51 @@ def _unwrap(tp: Any) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return args[0] if len(args) == 1 else tp
     return tp
+
+
+def check_files(recipe: Recipe, *, builtin_models: tuple[str, ...] | None = None) -> None:
+    """Every file ``recipe`` names exists: its model path (unless ``pkg:`` or ``builtin:``; a
+    ``builtin:`` name must be one of ``builtin_models`` when given) and each split's ``path``.
+
+    ``optimize validate`` calls this so that a recipe it calls "ok" does not fail on its first
+    file read. One :class:`RecipeError` names every problem (the first as its field, the others
+    on lines of their own, as :func:`validation_error` does)."""
+    problems: list[tuple[str, str, str]] = []  # field, message, fix
+    model = recipe.model.path
+    if model is not None and model.startswith("builtin:"):
+        name = model.removeprefix("builtin:")
+        if builtin_models is not None and name not in builtin_models:
+            known = ", ".join(f"builtin:{n}" for n in builtin_models) or "none is registered"
+            problems.append(("model.path", f"no built-in model {name!r}", f"use one of: {known}"))
+    elif model is not None and not model.startswith("pkg:"):
+        path = recipe.resolve_path(model)
+        if not path.exists():
+            problems.append(
+                (
+                    "model.path",
+                    f"model not found: {path}",
+                    "point path at a model directory or .pt2 archive (relative paths start at "
+                    "the recipe), or name a model a package ships ('pkg:<package>/<subdir>') or "
+                    "fxopt builds ('builtin:<name>'), or leave path out and pass MODEL_DIR "
+                    "when you run it",
+                )
+            )
+    for name in DataSection.model_fields:
+        split = getattr(recipe.data, name)
+        if split is None or split.path is None:
+            continue
+        path = recipe.resolve_path(split.path)
+        fix = (
+            "point path at an existing file (relative paths start at the recipe), or use a "
+            "built-in source (`optimize passes` lists the datasets)"
+        )
+        if not path.exists():
+            problems.append((f"data.{name}.path", f"data file not found: {path}", fix))
+        elif not path.is_file():
+            problems.append((f"data.{name}.path", f"not a file: {path}", fix))
+    if not problems:
+        return
+    (field, message, _), *rest = problems
+    message += "".join(f"\n  {recipe.label}: {f}: {m}" for f, m, _ in rest)
+    fixes = "; ".join(dict.fromkeys(fix for _, _, fix in problems))
+    raise RecipeError(message, file=recipe.label, field=field, fix=fixes)

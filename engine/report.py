@@ -86,8 +86,20 @@ class Report:
                 f"{latency['reference']['p50']} ms, optimized {latency['optimized']['p50']} ms "
                 f"({latency['speedup_p50']}×)"
             )
+        artifacts = d.get("artifacts", {})
         lines += ["", "## Artifacts", ""]
-        lines += [f"- `{f}`" for f in d.get("artifacts", {}).get("files", [])]
+        if artifacts.get("path"):
+            deploy = artifacts.get("deploy") or [artifacts["path"]]
+            names = " with ".join(f"`{name}`" for name in deploy[:1]) + "".join(
+                f" and `{name}` beside it" for name in deploy[1:]
+            )
+            lines += [
+                f"Deploy {names} (run by `{artifacts.get('backend')}`), with the tokenizer "
+                "files if the model has them; the other files are for inspection and for "
+                "`optimize bench`.",
+                "",
+            ]
+        lines += [f"- `{f}`" for f in artifacts.get("files", [])]
         return "\n".join(lines) + "\n"
 
     def print_summary(self, output: Output) -> None:

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-
-def default_cache_dir() -> Path:
-    """``$FXOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxopt``, else ``~/.cache/fxopt``."""
-    if os.environ.get("FXOPT_CACHE_DIR"):
-        return Path(os.environ["FXOPT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fxopt"
 
 
 @dataclass
@@ -22,9 +13,12 @@ class RunOptions:
     dump_ir: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    #: ``--no-cache``: neither read nor write the build and pass caches
+    #: ``--cache-dir``; ``None``: ``$FXOPT_CACHE_DIR``, else the user's cache directory
+    cache_dir: Path | None = None
+    #: ``--no-cache``: no cache is read or written anywhere (outputs, passes, calibration)
     use_cache: bool = True
+    #: ``--verify-inputs``: re-hash every model and data file instead of trusting their stat
+    verify_inputs: bool = False
     #: ``--depfile``: write a Make/Ninja depfile of every input file here
     depfile: Path | None = None
     #: ``--plugin NAME``: plugins to load even when autoloading is disabled

@@ -23,14 +23,32 @@ TORCH_DTYPES = {
 
 
 @dataclass(frozen=True)
+class IndexRange:
+    """The values an id input may hold: ``[0, size)``, the rows of the table it indexes.
+
+    ``file`` and ``field`` say where ``size`` comes from (``config.json``, ``vocab_size``), so
+    data that leaves the range is reported against both the data and the model.
+    """
+
+    size: int
+    file: str
+    field: str
+
+
+@dataclass(frozen=True)
 class InputSpec:
-    """A model input. ``shape`` mixes fixed sizes and names of dynamic axes."""
+    """A model input. ``shape`` mixes fixed sizes and names of dynamic axes.
+
+    ``low`` and ``high`` are the range synthetic data is drawn from; ``index``, when set, is
+    the range every real value must lie in (token ids: the vocabulary), checked on the data.
+    """
 
     name: str
     dtype: str
     shape: tuple[str | int, ...]
     low: float | None = None
     high: float | None = None
+    index: IndexRange | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""Built-in dataset sources: text lines, JSONL, ``.npz`` arrays, synthetic, stdlib docstrings.
+"""Built-in dataset sources: text lines, JSONL, ``.npz`` arrays, synthetic, stdlib docstrings
+and sentences, scikit-learn's 8x8 digits.
 
 Text is tokenized with the model's own tokenizer at the split's ``sequence_length``. Records
 are deduplicated before slicing, so disjoint slices really are disjoint.
@@ -6,10 +7,15 @@ are deduplicated before slicing, so disjoint slices really are disjoint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import inspect
+import io
 import json
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +152,24 @@ STDLIB_MODULES = (
     "tabnanny",
     "pyclbr",
 )
+#: where ``split_sentences`` cuts a paragraph: after ``.``, ``!`` or ``?``, before a capital
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+#: standard-library modules ``stdlib_sentence_corpus`` leaves alone: private, tests, GUIs,
+#: and those whose import has side effects (``this`` prints, ``antigravity`` opens a browser)
+CORPUS_SKIP = (
+    "_",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "antigravity",
+    "this",
+    "lib2to3",
+    "ensurepip",
+)
+#: the shuffle of the ``digits`` source: the order ``examples/digits/digits_model.py`` saves
+#: and the ``builtin:digits-*`` models train on (their first images)
+DIGITS_SEED = 0
 
 
 class TextSource(Dataset):
@@ -263,6 +287,71 @@ def stdlib_sentences() -> list[str]:
     return list(seen)
 
 
+class StdlibSentences(TextSource):
+    """Sentences of every public standard-library docstring, none from ``stdlib-docstrings``.
+
+    Thousands of short English sentences (5,224 on CPython 3.11), disjoint from what the
+    ``stdlib-docstrings`` source yields, so a recipe can fine-tune on these and calibrate and
+    verify on those."""
+
+    name = "stdlib-sentences"
+    reads_file = False
+
+    def records(self, split: DataSplit, ctx: DataContext) -> list[tuple[str, int | None]]:
+        return [(text, None) for text in stdlib_sentence_corpus()]
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """A paragraph's sentences (cut after ``.``, ``!`` or ``?`` before a capital)."""
+    return [s.strip() for s in SENTENCE_END.split(paragraph) if s.strip()]
+
+
+def stdlib_sentence_corpus() -> list[str]:
+    """The sentences of the standard library's public docstring paragraphs (modules, their
+    functions and classes, the classes' methods), in a fixed order, deduplicated, without any
+    sentence (or paragraph) of :func:`stdlib_sentences`, which calibration and verification
+    use. Every module of ``sys.stdlib_module_names`` but :data:`CORPUS_SKIP` is imported,
+    quietly (its warnings and prints swallowed); one that fails to import is left out.
+
+    Sentences rather than paragraphs: the held-out text is first paragraphs of docstrings,
+    mostly one short sentence (median 16 tokens), and distilling on text shaped like it
+    recovered more (``recipes/minilm-prune.toml``: cosine 0.971 vs 0.969 for the same steps,
+    ``benchmarks/RESULTS.md``)."""
+    held_out = {
+        s for paragraph in stdlib_sentences() for s in (paragraph, *split_sentences(paragraph))
+    }
+    found: dict[str, None] = {}
+
+    def add(doc: str | None) -> None:
+        for paragraph in (doc or "").split("\n\n"):
+            text = re.sub(r"\s+", " ", paragraph).strip()
+            if not (40 <= len(text) <= 600 and text[0].isupper()) or text in held_out:
+                continue
+            for sentence in split_sentences(text):
+                if len(sentence) >= 20 and sentence not in held_out:
+                    found.setdefault(sentence, None)
+
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith(CORPUS_SKIP):
+            continue
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:
+            continue
+        add(inspect.getdoc(module))
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            add(inspect.getdoc(obj))
+            if inspect.isclass(obj):
+                for method, member in sorted(vars(obj).items()):
+                    if not method.startswith("_"):
+                        add(inspect.getdoc(member))
+    return list(found)
+
+
 class NpzArrays(Dataset):
     """Arrays named after the model inputs; the first axis indexes samples."""
 
@@ -285,20 +374,91 @@ class NpzArrays(Dataset):
                 file=path,
                 fix="save one array per model input, named after it",
             )
-        keep = [*names, *(["labels"] if "labels" in arrays else [])]
-        total = min(len(arrays[n]) for n in keep)
-        if total == 0:
-            raise DataError("the arrays hold no samples", file=path)
-        out = []
-        for i in range(offset, min(offset + count, total)):
-            tensors = {
-                n: torch.from_numpy(np.array(arrays[n][i])).to(
-                    spec.torch_dtype if (spec := _spec(ctx, n)) else torch.int64
-                )
-                for n in keep
-            }
-            out.append(Sample(sample_key(b"".join(arrays[n][i].tobytes() for n in names)), tensors))
-        return out
+        return array_samples(arrays, ctx, offset=offset, count=count, file=path)
+
+
+class Digits(Dataset):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, bundled with it, no download).
+
+    Shuffled once with a fixed seed (the split's ``seed`` does not apply: the order is the one
+    ``builtin:digits-*`` models train on, their first images), pixels scaled to [0, 1]: the
+    model's one input gets float [1, 8, 8] images (in its declared dtype), ``labels`` the
+    int64 class. Splits take consecutive, disjoint slices, as from one ``npz`` file."""
+
+    name = "digits"
+    reads_file = False
+
+    def samples(
+        self, split: DataSplit, ctx: DataContext, *, offset: int, count: int
+    ) -> list[Sample]:
+        if len(ctx.inputs) != 1:
+            raise DataError(
+                "the digits source feeds one image input; this model has "
+                f"{len(ctx.inputs)}: {', '.join(s.name for s in ctx.inputs)}",
+                file=ctx.label,
+                field=f"{ctx.field_prefix}.source",
+                fix='use source = "npz" with one array per input',
+            )
+        try:
+            x, labels = _digits(DIGITS_SEED)
+        except ImportError as exc:
+            raise DataError(
+                f"the digits come with scikit-learn, which is not installed ({exc})",
+                file=ctx.label,
+                field=f"{ctx.field_prefix}.source",
+                fix="pip install scikit-learn (or pip install 'fxopt[digits]')",
+            ) from None
+        arrays = {ctx.inputs[0].name: x, "labels": labels}
+        return array_samples(arrays, ctx, offset=offset, count=count, file=ctx.label)
+
+
+def digits_arrays(seed: int = DIGITS_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits, shuffled once: ``x`` float32 [N, 1, 8, 8] in [0, 1], ``labels`` int64.
+
+    Needs scikit-learn (``ImportError`` without it); the arrays are the caller's own copies."""
+    x, labels = _digits(seed)
+    return x.copy(), labels.copy()
+
+
+@functools.cache
+def _digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    order = np.random.default_rng(seed).permutation(len(data.target))
+    x = (data.images[order] / 16.0).astype(np.float32)[:, None]
+    labels = data.target[order].astype(np.int64)
+    for array in (x, labels):
+        array.flags.writeable = False
+    return x, labels
+
+
+def array_samples(
+    arrays: dict[str, np.ndarray],
+    ctx: DataContext,
+    *,
+    offset: int,
+    count: int,
+    file: str | Path,
+) -> list[Sample]:
+    """Samples ``offset`` to ``offset + count`` of arrays holding one array per model input
+    (and optionally ``labels``), the first axis indexing samples: each input in its declared
+    dtype, labels int64, keyed by the inputs' bytes."""
+    names = [s.name for s in ctx.inputs]
+    keep = [*names, *(["labels"] if "labels" in arrays else [])]
+    total = min(len(arrays[n]) for n in keep)
+    if total == 0:
+        raise DataError("the arrays hold no samples", file=file)
+    out = []
+    for i in range(offset, min(offset + count, total)):
+        tensors = {
+            n: torch.from_numpy(np.array(arrays[n][i])).to(
+                spec.torch_dtype if (spec := _spec(ctx, n)) else torch.int64
+            )
+            for n in keep
+        }
+        out.append(Sample(sample_key(b"".join(arrays[n][i].tobytes() for n in names)), tensors))
+    return out
 
 
 class Synthetic(Dataset):
@@ -340,5 +500,13 @@ def _read_text(path: Path, ctx: DataContext) -> str:
 
 @hookimpl
 def fxopt_register_datasets(registry) -> None:
-    for source in (TextLines, JsonLines, StdlibDocstrings, NpzArrays, Synthetic):
+    for source in (
+        TextLines,
+        JsonLines,
+        StdlibDocstrings,
+        StdlibSentences,
+        NpzArrays,
+        Digits,
+        Synthetic,
+    ):
         registry.register(source.name, source)

@@ -99,6 +99,8 @@ class OnnxRuntimeBackend(Backend):
             files=[*files, "model.ort.onnx"],
             info={
                 "onnx": "model.onnx",
+                # what a deployment copies: the optimized graph and the weights it points at
+                "deploy": _deployed(out_dir / "model.ort.onnx"),
                 "onnxruntime": ort.__version__,
                 "graph_optimization_level": self.options.graph_optimization_level,
                 **({"qdq_rewrite": qdq} if qdq is not None else {}),
@@ -156,3 +158,17 @@ class OrtRunner(Runner):
 @hookimpl
 def fxopt_register_backends(registry) -> None:
     registry.register(OnnxRuntimeBackend.name, OnnxRuntimeBackend)
+
+
+def _deployed(model: Path) -> list[str]:
+    """The optimized model and the external-data files it references."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    data = {
+        entry.value
+        for tensor in graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [model.name, *sorted(data)]

@@ -1,7 +1,8 @@
 """The ``torch.export`` archive loader: any model saved with ``torch.export.save``.
 
 Inputs, dtypes and dynamic axes are read from the program itself; a dynamic axis keeps the
-exporter's symbol name (``s0``) unless the recipe's ``[model.inputs]`` names it.
+exporter's symbol name (``s0``) unless the recipe's ``[model.inputs]`` names it. Weights that
+hold NaN or inf are refused right after loading, naming the parameter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from fxopt.engine import hookimpl
 from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import LoadedModel, Loader, LoadOptions
-from fxopt.engine.recipe import DimRange
+from fxopt.engine.model_checks import check_finite_weights
+from fxopt.engine.recipe import MAX_AXIS, DimRange
 from fxopt.engine.specs import TORCH_DTYPES, InputSpec
 
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
@@ -37,6 +39,9 @@ class Pt2Loader(Loader):
                 fix="save the model with torch.export.save(torch.export.export(model, args), "
                 "'model.pt2')",
             ) from None
+        # parameters and persistent buffers; lifted constants (masks filled with -inf on
+        # purpose, say) are the program's own, not weights
+        check_finite_weights(program.state_dict.items(), file=path)
         inputs, dims = _inputs_of(program)
         outputs = [
             s.arg.name for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"
@@ -82,7 +87,9 @@ def _inputs_of(program: torch.export.ExportedProgram) -> tuple[list[InputSpec], 
                 low = int(bounds.lower) if bounds is not None else 1
                 high = bounds.upper if bounds is not None else UNBOUNDED
                 high = UNBOUNDED if not math.isfinite(float(high)) else int(high)
-                dims[dim] = DimRange(min=max(low, 1), max=max(high, 1))
+                # a range wider than a recipe may declare is narrowed to what it may
+                high = min(max(high, 1), MAX_AXIS)
+                dims[dim] = DimRange(min=min(max(low, 1), high), max=high)
                 shape.append(dim)
             else:
                 shape.append(int(size))

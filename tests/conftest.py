@@ -41,13 +41,13 @@ def minilm_dir() -> Path:
     return Path(module.MODEL_DIR)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
-    """A 2-layer random BERT with MiniLM's tokenizer, saved as a Hugging Face directory."""
+def save_bert(path: Path, tokenizer_dir: Path, **sizes: int) -> Path:
+    """A random BERT (2 layers, hidden 32 unless ``sizes`` say otherwise) with MiniLM's
+    tokenizer, saved as a Hugging Face directory."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(
+    shape = dict(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -55,11 +55,18 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
         intermediate_size=64,
         max_position_embeddings=128,
     )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).eval().save_pretrained(path, safe_serialization=True)
+    BertModel(BertConfig(**{**shape, **sizes})).eval().save_pretrained(
+        path, safe_serialization=True
+    )
     for name in TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, path / name)
+        shutil.copy(tokenizer_dir / name, path / name)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer random BERT with MiniLM's tokenizer, saved as a Hugging Face directory."""
+    return save_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
 
 
 @pytest.fixture
@@ -73,6 +80,25 @@ def model_copy(tmp_path, tiny_bert_dir) -> Path:
 @pytest.fixture(scope="session")
 def host():
     return load_plugins()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A cache of the test's own, where the test can look at it."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("FXOPT_CACHE_DIR", str(path))
+    return path
+
+
+COUNTING = """
+[[passes]]
+name = "thirdparty.count"
+config = {{ factor = 1.0 }}
+
+[[passes]]
+name = "cleanup.constant_fold"
+config = {{ max_bytes = {max_bytes} }}
+"""
 
 
 def write_recipe(directory: Path, body: str, name: str = "recipe.toml") -> Path:

@@ -97,9 +97,11 @@ class Finetune(Pass):
             if hidden is not None:
                 stack.callback(hidden.remove)
                 metrics["hidden_layers"] = list(hidden.names)
-            teacher = _teacher(ctx, batches, tensors, objective, config.group_by_length)
+            with ctx.output.stage("computing the teacher's outputs"):
+                teacher = _teacher(ctx, batches, tensors, objective, config.group_by_length)
             evaluator = _Evaluator(ir, ctx, site, objective, eval_batches, device, amp, config)
-            metrics.update(evaluator.measure("before", robust))
+            with ctx.output.stage("measuring the model before fine-tuning"):
+                metrics.update(evaluator.measure("before", robust))
             stack.enter_context(process_group(world, device))
             trainer = Trainer(
                 module=ir.module,
@@ -135,7 +137,8 @@ class Finetune(Pass):
             with ctx.output.task("fine-tuning", trainer.total - first_step) as advance:
                 trainer.train(advance if world.is_main else lambda n=1, **_: None)
             train_seconds = time.perf_counter() - train_started
-            metrics.update(evaluator.measure("after", robust))
+            with ctx.output.stage("measuring the model after fine-tuning"):
+                metrics.update(evaluator.measure("after", robust))
         metrics.update(_train_metrics(trainer, first_step, train_seconds, global_batch, mode))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         return PassResult(
@@ -149,11 +152,17 @@ class Finetune(Pass):
         return 0
 
     def _resume(self, trainer: Trainer, ctx: PassContext, config: FinetuneConfig) -> int | None:
-        base = (
-            ctx.recipe.resolve_path(config.checkpoint_dir)
-            if config.checkpoint_dir
-            else Path(ctx.cache_dir) / "finetune"
-        )
+        if config.checkpoint_dir:
+            base = ctx.recipe.resolve_path(config.checkpoint_dir)
+        elif ctx.cache_dir is not None:
+            base = Path(ctx.cache_dir) / "finetune"
+        else:  # --no-cache and no checkpoint_dir of the recipe's: nowhere to keep checkpoints
+            if config.checkpoint_every or ctx.resume is not None:
+                ctx.output.warn(
+                    "no cache (--no-cache) and no finetune checkpoint_dir: "
+                    "checkpoints are neither written nor resumed"
+                )
+            return None
         directory = checkpoint.checkpoint_dir(base, trainer.recipe_hash, self._index(ctx))
         if config.checkpoint_every:
             trainer.checkpoint_dir = directory

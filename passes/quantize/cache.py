@@ -5,16 +5,15 @@ pass's config and the library versions, so any change recalibrates. The entry ho
 rebuilding the quantized graph needs without touching data: each quantized op's activation
 scale and zero point, the outlier channels (and their copies), and (accuracy-aware mode) the layers
 kept in float with their measured cost. Rebuilding is then prepare + convert with fixed
-scales: seconds instead of a calibration run. An unreadable entry, or one that names nodes
-the graph does not have, is reported with a warning and rebuilt.
+scales: seconds instead of a calibration run. An entry whose file does not match its seal
+(a flipped bit, a hand edit), an unreadable one, or one that names nodes the graph does not
+have, is reported with a warning and rebuilt. ``--no-cache`` neither reads nor writes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
+from fxopt.engine.cache_entries import check_seal, discard, mark_used, new_entry
+from fxopt.engine.cache_root import CacheRoot
 from fxopt.engine.console import Output
 
 from .op_kinds import Scales
@@ -113,42 +114,56 @@ def _update(digest: Any, tensor: torch.Tensor) -> None:
 
 @dataclass
 class CalibrationCache:
-    root: Path
+    """``root``: ``<cache>/calibration``; ``None`` when the run has no cache (``--no-cache``)."""
+
+    root: Path | None
     output: Output
     enabled: bool = True
 
+    def __post_init__(self) -> None:
+        self.enabled = self.enabled and self.root is not None
+
     def load(self, key: str) -> Calibration | None:
-        """The entry for ``key``; ``None`` when absent, or (with a warning) unusable."""
-        path = self.root / key / FILE
-        if not self.enabled or not path.is_file():
-            return None
-        try:
-            return Calibration.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except StaleEntry as exc:
-            self.discard(key, f"stale calibration cache {path} ({exc}); recalibrating")
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-            self.discard(key, f"corrupt calibration cache {path} ({why}); recalibrating")
-        return None
-
-    def discard(self, key: str, message: str) -> None:
-        self.output.warn(message)
-        shutil.rmtree(self.root / key, ignore_errors=True)
-
-    def store(self, key: str, calibration: Calibration) -> Path | None:
-        """Write the entry atomically (a temporary directory renamed into place)."""
+        """The entry for ``key``; ``None`` when absent, or (with a warning) unusable: one whose
+        file no longer matches its seal is damaged and recalibrated, never reused."""
         if not self.enabled:
             return None
         entry = self.root / key
-        tmp = self.root / f".{key}.{os.getpid()}"
+        path = entry / FILE
+        if not entry.is_dir():
+            return None
+        if (problem := check_seal(entry)) is not None:
+            self.discard(key, f"damaged calibration cache {entry} ({problem}); recalibrating")
+            return None
         try:
-            tmp.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(calibration.to_json(), indent=1, sort_keys=True)
-            (tmp / FILE).write_text(text + "\n", encoding="utf-8")
-            shutil.rmtree(entry, ignore_errors=True)
-            tmp.rename(entry)
+            calibration = Calibration.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except StaleEntry as exc:
+            self.discard(key, f"stale calibration cache {path} ({exc}); recalibrating")
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self.discard(key, f"corrupt calibration cache {path} ({why}); recalibrating")
+            return None
+        mark_used(entry)
+        return calibration
+
+    def discard(self, key: str, message: str) -> None:
+        self.output.warn(message)
+        if self.root is not None:
+            discard(self.root / key)
+
+    def store(self, key: str, calibration: Calibration) -> Path | None:
+        """Write the entry atomically (sealed, then renamed into place)."""
+        if not self.enabled:
+            return None
+        entry = self.root / key
+        discard(entry)
+        try:
+            with new_entry(entry) as tmp:
+                text = json.dumps(calibration.to_json(), indent=1, sort_keys=True)
+                (tmp / FILE).write_text(text + "\n", encoding="utf-8")
+            CacheRoot(self.root.parent).evict(keep=entry)
         except OSError as exc:
             self.output.warn(f"could not write the calibration cache {entry}: {exc}")
-            shutil.rmtree(tmp, ignore_errors=True)
             return None
         return entry / FILE

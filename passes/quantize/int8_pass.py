@@ -65,7 +65,8 @@ class QuantizeInt8(Pass):
         notes = _check_selection(base, config, label, ctx)
         observer_for = _observers(config, ctx, label)
         inputs = calibration_inputs(ir, batches, config.trim_padding)
-        cache = CalibrationCache(ctx.cache_dir / "calibration", ctx.output, config.cache)
+        root = ctx.cache_dir / "calibration" if ctx.cache_dir is not None else None
+        cache = CalibrationCache(root, ctx.output, config.cache)
         key = cache_key(base, inputs, _settings(config, ctx))
         started = time.perf_counter()
         calibration = cache.load(key)
@@ -73,7 +74,7 @@ class QuantizeInt8(Pass):
             stale = f"stale calibration cache (unknown nodes {missing[:3]}); recalibrating"
             cache.discard(key, stale)
             calibration = None
-        state = "hit" if calibration is not None else ("miss" if config.cache else "off")
+        state = "hit" if calibration is not None else ("miss" if cache.enabled else "off")
         builder = _Builder(base, config, inputs)
         if calibration is None:
             calibration, converted = self._calibrate(builder, observer_for, ir, ctx)

@@ -211,10 +211,10 @@ def test_output_exists_needs_force(capsys, tiny_recipe, tiny_bert_dir, tmp_path)
     assert_clean_failure(result, EXIT_USAGE, "output directory already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
 
+    # --force replaces only an earlier fxopt output, never a folder of the user's own
     forced = run_cli(capsys, tiny_recipe, tiny_bert_dir, "-o", out, "--force")
-    assert forced.code == 0, forced.err
-    assert not (out / "keep.txt").exists()
-    assert (out / "report.json").is_file()
+    assert_clean_failure(forced, EXIT_USAGE, "has no manifest.json", "keep.txt")
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_empty_calibration_file(capsys, tmp_path, tiny_bert_dir):

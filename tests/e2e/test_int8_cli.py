@@ -95,11 +95,17 @@ def test_tiny_bert_runs_fused_and_reuses_its_calibration(capsys, tmp_path, tiny_
     assert sum(counts[op] for op in FUSED_MATMUL_OPS) == 12, counts
     assert report["artifacts"]["qdq_rewrite"]["weight_transposes_folded"] == 12
 
-    # --no-cache skips the build and pass caches; the calibration cache still answers
-    again = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "again", "--json", "--no-cache")
+    # another lowering of the same graph: a new build (and pass) key, the same calibration
+    path.write_text(path.read_text().replace('backend = "onnxruntime"', 'backend = "torch"'))
+    again = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "again", "--json")
     assert again.code == 0, again.err
     cached = int8_pass(json.loads(again.out))["metrics"]["calibration"]
     assert cached["cache"] == "hit" and cached["key"] == metrics["calibration"]["key"]
+
+    # --no-cache: no cache at all, the calibration's included
+    fresh = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "fresh", "--json", "--no-cache")
+    assert fresh.code == 0, fresh.err
+    assert int8_pass(json.loads(fresh.out))["metrics"]["calibration"]["cache"] == "off"
 
 
 def test_batch_size_larger_than_the_calibration_set(capsys, tmp_path, tiny_bert_dir):

@@ -1,4 +1,5 @@
-"""The calibration cache: reused on a rerun, rebuilt (with a warning) when stale or corrupt."""
+"""The calibration cache: reused on a rerun, rebuilt (with a warning) when stale, corrupt or
+damaged (its file no longer matches its seal), and neither read nor written without a cache."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import torch
 
+from fxopt.engine.cache_entries import seal
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from tests.passes.quantize_support import (
     Collecting,
@@ -61,6 +63,7 @@ def test_other_data_or_config_is_a_new_entry(tmp_path):
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path):
     first, _ = quantize(tmp_path)
     entry(tmp_path).write_text('{"format": 1, "scales": [{"node": ')
+    seal(entry(tmp_path).parent)  # corrupt as written, not damaged later: the parse must catch it
     output = Collecting()
     second, result = quantize(tmp_path, output=output)
     assert result.metrics["calibration"]["cache"] == "miss"
@@ -69,11 +72,30 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path):
     assert torch.equal(outputs(first), outputs(second))
 
 
+def test_damaged_entry_that_is_still_valid_json_is_never_reused(tmp_path):
+    first, _ = quantize(tmp_path)
+    data = json.loads(entry(tmp_path).read_text())
+    for scale in data["scales"]:
+        scale["scale"] *= 1000.0  # plausible, parseable, and wrong
+    entry(tmp_path).write_text(json.dumps(data))
+    output = Collecting()
+    second, result = quantize(tmp_path, output=output)
+    assert result.metrics["calibration"]["cache"] == "miss"
+    assert any(
+        w.startswith("damaged calibration cache") and "does not match its recorded sha256" in w
+        for w in output.warnings
+    )
+    assert torch.equal(outputs(first), outputs(second))
+    _, third = quantize(tmp_path)  # the rebuilt entry is sealed again and reused
+    assert third.metrics["calibration"]["cache"] == "hit"
+
+
 def test_stale_entry_is_rebuilt_with_a_warning(tmp_path):
     quantize(tmp_path, module=TwoBranch())
     data = json.loads(entry(tmp_path).read_text())
     data["layers"] = {"linear_99": "gone"}
     entry(tmp_path).write_text(json.dumps(data))
+    seal(entry(tmp_path).parent)  # stale as written by an older fxopt, not damaged
     output = Collecting()
     _, result = quantize(tmp_path, module=TwoBranch(), output=output)
     assert result.metrics["calibration"]["cache"] == "miss"
@@ -82,6 +104,7 @@ def test_stale_entry_is_rebuilt_with_a_warning(tmp_path):
     data = json.loads(entry(tmp_path).read_text())
     data["format"] = 0
     entry(tmp_path).write_text(json.dumps(data))
+    seal(entry(tmp_path).parent)
     output = Collecting()
     quantize(tmp_path, module=TwoBranch(), output=output)
     assert any("stale calibration cache" in w and "format 0" in w for w in output.warnings)
@@ -91,3 +114,14 @@ def test_cache_off_writes_nothing(tmp_path):
     _, result = quantize(tmp_path, cache=False)
     assert result.metrics["calibration"]["cache"] == "off"
     assert not (tmp_path / "calibration").exists()
+
+
+def test_a_run_without_a_cache_neither_reads_nor_writes_one(tmp_path, monkeypatch):
+    quantize(tmp_path)  # an entry exists
+    ir = make_ir(Planted())
+    ctx = context(ir, tmp_path)
+    monkeypatch.setattr(ctx, "cache_dir", None)  # what --no-cache gives every pass
+    before = sorted(p.name for p in (tmp_path / "calibration").iterdir())
+    result = QuantizeInt8(Int8Config(**CONFIG)).run(ir, ctx)
+    assert result.metrics["calibration"]["cache"] == "off"
+    assert sorted(p.name for p in (tmp_path / "calibration").iterdir()) == before
