@@ -1,7 +1,7 @@
 """The digits CNN, its training and data, for the benchmarks: from the installed package.
 
-The model and training code live in ``fxopt.plugins.builtin_models`` (what
-``path = "builtin:digits-cnn"`` in a recipe loads), the data in ``fxopt.plugins.datasets``
+The model and training code live in ``fxopt.plugins.data.builtin_models`` (what
+``path = "builtin:digits-cnn"`` in a recipe loads), the data in ``fxopt.plugins.data.sources``
 (the ``digits`` source); ``examples/digits/digits_model.py`` saves them as files. The
 benchmarks call ``digits_module()`` for the lot, as they did when it loaded the example.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fxopt.plugins import builtin_models
-from fxopt.plugins.datasets import digits_arrays
+from fxopt.plugins.data import builtin_models
+from fxopt.plugins.data.sources import digits_arrays
 
 
 def digits_module() -> SimpleNamespace:

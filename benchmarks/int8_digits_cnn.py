@@ -31,8 +31,8 @@ from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange, Recipe
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
-from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
 
 TRAIN, TEST, BATCH = 1280, 512, 32
 

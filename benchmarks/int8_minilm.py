@@ -43,8 +43,8 @@ from fxopt.engine.plan import bind
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
 from fxopt.engine.run_options import RunOptions
-from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-int8-cpu.toml"
 

@@ -28,7 +28,7 @@ from fxopt.engine.console import Output
 from fxopt.engine.pipeline import prepare
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
-from fxopt.plugins.builtin_models import build_model
+from fxopt.plugins.data.builtin_models import build_model
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "digits-cnn-prune.toml"
@@ -44,7 +44,7 @@ def accuracy(runner, batches) -> float:
 
 
 def lower(ir, directory: Path, threads: int):
-    from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
+    from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
 
     backend = OnnxRuntimeBackend(OrtOptions(intra_op_threads=threads, inter_op_threads=1))
     directory.mkdir(parents=True, exist_ok=True)

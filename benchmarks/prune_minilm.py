@@ -36,8 +36,8 @@ from fxopt.engine.recipe import load_recipe
 from fxopt.engine.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
-from fxopt.plugins.datasets import stdlib_sentence_corpus
-from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
+from fxopt.plugins.data.sources import stdlib_sentence_corpus
+from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "minilm-prune.toml"
@@ -85,7 +85,8 @@ def fidelity(runner, prepared) -> dict[str, float]:
             reference.append([t.numpy() for t in prepared.loaded.module(*args)])
             got.append(runner.run({k: v.numpy() for k, v in batch.items()}))
             masks.append(batch["attention_mask"].numpy())
-    return compare(reference, got, masks, prepared.ir.meta.task)
+    task = load_plugins().tasks.get(prepared.ir.meta.task)()
+    return compare(reference, got, masks, task)
 
 
 def main() -> None:

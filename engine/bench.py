@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from . import library_log
 from .backend import Artifact
@@ -20,6 +21,7 @@ from .errors import OutputError
 from .loading import LoadOptions
 from .plugin_host import load_plugins
 from .recipe import DimRange
+from .report_model import RunReport
 from .specs import InputSpec
 from .synthetic import synthetic_inputs
 from .timing import reference_vs_optimized
@@ -37,24 +39,14 @@ def bench_output(
     library_log.reroute()  # torch set up its own log handlers when it was imported
     report = _read_report(out_dir)
     host = load_plugins()
-    try:
-        backend_class = host.backends.get(report["target"]["backend"])
-        options = backend_class.Options.model_validate(report["target"]["options"])
-        artifact = Artifact.from_json(report["artifacts"])
-        specs = [InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in report["inputs"]]
-        dims = {k: DimRange(**v) for k, v in report["dims"].items()}
-        model_path, task = Path(report["model_path"]), report["task"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OutputError(
-            f"report.json is not an fxopt report ({type(exc).__name__}: {exc})",
-            file=out_dir / "report.json",
-            fix="re-run optimize to write the output again",
-        ) from exc
-    backend = backend_class(options)
+    backend_class = host.backends.get(report.target.backend)
+    artifact = Artifact.from_json(report.artifacts.model_dump(exclude_defaults=True))
+    specs = [InputSpec(i.name, i.dtype, tuple(i.shape)) for i in report.inputs]
+    dims = {k: DimRange(**v) for k, v in report.dims.items()}
+    model_path, task = Path(report.model_path), report.task
+    backend = backend_class(backend_class.Options.model_validate(report.target.options))
     with output.stage(f"loading the artifact in {backend.name}"):
         runner = backend.load(out_dir, artifact)
-
-    from .pipeline import eager_runner
 
     with output.stage(f"loading the original model from {model_path}"):
         loaded = _load_reference(host, model_path, task)
@@ -66,7 +58,7 @@ def bench_output(
         k: v.numpy()
         for k, v in synthetic_inputs(loaded.inputs, sizes, torch.Generator().manual_seed(0)).items()
     }
-    reference = eager_runner(loaded)
+    reference = host.tasks.get(loaded.task)().reference_runner(loaded)
     with output.stage(f"timing {iters} calls of each, after {warmup} warm-up calls"):
         timed = reference_vs_optimized(
             lambda: reference.run(feeds), lambda: runner.run(feeds), iters, warm=warmup
@@ -74,25 +66,33 @@ def bench_output(
     return {"shape": {k: list(v.shape) for k, v in feeds.items()}, **timed, "backend": backend.name}
 
 
-def _read_report(out_dir: Path) -> dict[str, Any]:
+def _read_report(out_dir: Path) -> RunReport:
+    """The output's report, typed; a clear error when it is missing or not fxopt's."""
     report_file = out_dir / "report.json"
     try:
-        report = json.loads(report_file.read_text(encoding="utf-8"))
+        data = json.loads(report_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        report = None
+        raise OutputError(
+            "not an fxopt output directory (no report.json)",
+            file=out_dir,
+            fix="pass a directory written by `optimize RECIPE -o DIR`",
+        ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise OutputError(
             f"report.json cannot be read ({type(exc).__name__})",
             file=report_file,
             fix="re-run optimize to write the output again",
         ) from exc
-    if not isinstance(report, dict):
+    try:
+        return RunReport.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
         raise OutputError(
-            "not an fxopt output directory (no report.json)",
-            file=out_dir,
-            fix="pass a directory written by `optimize RECIPE -o DIR`",
-        )
-    return report
+            f"report.json is not an fxopt report: {where}: {first['msg']}",
+            file=report_file,
+            fix="re-run optimize to write the output again (with this fxopt)",
+        ) from exc
 
 
 def _load_reference(host, path: Path, task: str):

@@ -42,6 +42,7 @@ from .output_guard import (
     check_replaceable,
     needed_bytes,
 )
+from .plugin_host import ENTRY_POINT_GROUP
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .run_options import RunOptions
@@ -57,7 +58,6 @@ KEY_VERSIONS = (
     "torchao",
     "tensorrt",
 )
-ENTRY_POINT_GROUP = "fxopt.plugins"
 #: Linux's ioctl that clones a file's blocks (copy-on-write file systems: btrfs, xfs)
 FICLONE = 0x40049409
 
@@ -429,6 +429,8 @@ class Build:
     cache: BuildCache
     components: dict[str, Any]
     force: bool = False
+    #: this process's rank under ``torchrun`` (``RANK``): rank 0 alone writes and speaks
+    rank: int = 0
 
     @property
     def key(self) -> str:
@@ -476,13 +478,20 @@ def plan_build(
         root / "file-hashes.json" if root else None, trust_stat=not options.verify_inputs
     )
     cache = BuildCache(root, output=output, hashes=hashes)
-    build = Build(
-        recipe, model_path, target, cache, cache.fingerprint(recipe, model_path), options.force
-    )
+    components = cache.fingerprint(recipe, model_path)
+    build = Build(recipe, model_path, target, cache, components, options.force, _rank())
     if options.depfile is not None:
         sources = [recipe.source] if recipe.source else []
         write_depfile(options.depfile, target, [*sources, *inputs, *data_files(recipe)])
     return build
+
+
+def _rank() -> int:
+    """This process's rank under ``torchrun``; 0 when run alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def protected_paths(recipe: Recipe, model_path: Path, cache: Path | None) -> list[Protected]:

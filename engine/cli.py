@@ -1,65 +1,58 @@
-"""The ``optimize`` command.
+"""The ``optimize`` command: ``optimize RECIPE [MODEL_DIR]`` runs a recipe; ``validate``,
+``passes``, ``schema``, ``bench``, ``cache`` and ``check`` do the rest (``optimize --help``).
 
-    optimize RECIPE [MODEL_DIR] [-o OUT] [--json] [-q] [--force]   run a recipe
-    optimize validate RECIPE                                       check a recipe, run nothing
-    optimize passes                                                list passes, backends, ...
-    optimize schema                                                print the recipe JSON schema
-    optimize bench OUT_DIR                                         time an artifact vs its source
-    optimize check RECIPE [MODEL_DIR] [--json]                     TensorRT pre-flight report
-
-Exit codes: 0 ok, 2 usage/recipe/input error, 3 fidelity budget missed, 4 backend
-unavailable, 5 internal error, 130 interrupted. User errors print one message, no traceback.
+Why click: one decorator per option replaces a hand-built parser per command and a dispatch
+table, and click adds shell completion (``_OPTIMIZE_COMPLETE``) and "did you mean" for a
+mistyped option. What stays ours: the first argument is a recipe path unless it names a
+command (:class:`_Optimize`); every command ends in an exit code (:mod:`.errors`) and at most
+one message (:func:`_handle`), usage errors included (:func:`main`). Torch and the pipeline
+are imported inside the commands: ``--help`` and the no-op rerun never import torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
+import re
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
-from . import library_log
-from .errors import (
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TERMINATED,
-    BudgetError,
-    FxoptError,
-    OutputError,
-    environment_error,
-)
+import click
+from click.shell_completion import CompletionItem
 
-SUBCOMMANDS = ("validate", "passes", "schema", "bench", "check", "cache")
+from . import errors, library_log
+from .errors import BudgetError, FxoptError, OutputError, RecipeError, environment_error
+
+PATH = click.Path(path_type=Path)  # no exists=True: the engine's own errors name file and fix
+CACHE_DIR_HELP = "the cache (default $FXOPT_CACHE_DIR, $XDG_CACHE_HOME/fxopt, ~/.cache/fxopt)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        command, parser = argv[0], _subparser(argv[0])
-        args = parser.parse_args(argv[1:])
-    else:
-        command, parser = "run", _run_parser()
-        args = parser.parse_args(argv)
-    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
-    from .console import Output
+    """The console script: parse, run one command, return its exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return cli.main(args, prog_name="optimize", standalone_mode=False)
+    except click.ClickException as exc:  # unknown option, missing argument, bad choice, ...
+        from .console import Output
 
-    output = Output(quiet=quiet)
-    handler: Callable[[argparse.Namespace, Output], int] = COMMANDS[command]
-    with _signals_interrupt(), library_log.collected():
-        return _handle(handler, args, output)
+        ctx = getattr(exc, "ctx", None)  # where it happened: the fix names that command's help
+        command = ctx.command_path.removesuffix(" run") if ctx else "optimize"
+        message = re.sub(r"[.\s]+Did you mean", "; did you mean", exc.format_message())
+        message = message[:1].lower() + message[1:].rstrip(".")
+        Output().error(FxoptError(message, fix=f"see {command} --help").render())
+        return errors.EXIT_USAGE
 
 
-def _handle(handler, args: argparse.Namespace, output) -> int:
+def _handle(handler, args: SimpleNamespace, output) -> int:
     """Run one command; every way it can end becomes an exit code and at most one message."""
     try:
-        return handler(args, output)
+        return handler(args, output) or errors.EXIT_OK  # a command that returns nothing succeeded
     except BudgetError as exc:
         if getattr(args, "json", False) and getattr(exc, "report", None) is not None:
             print(exc.report.to_json())
@@ -71,14 +64,14 @@ def _handle(handler, args: argparse.Namespace, output) -> int:
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         output.error(f"{how}; nothing was written")
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return errors.EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
     except Exception as exc:
         if (error := environment_error(exc)) is not None:
             output.error(error.render())
             return error.exit_code
         traceback.print_exc()
         output.error("internal error (a bug in fxopt or a plugin); the traceback is above")
-        return EXIT_INTERNAL
+        return errors.EXIT_INTERNAL
 
 
 class Terminated(KeyboardInterrupt):
@@ -101,141 +94,132 @@ def _signals_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optimize",
-        description="Optimize a PyTorch / Hugging Face model as a recipe says, verify it, "
-        "write the artifact. Other commands: " + ", ".join(SUBCOMMANDS) + " (optimize CMD -h).",
-        epilog="exit codes: 0 ok, 2 usage or input error, 3 fidelity budget missed, "
-        "4 backend unavailable, 5 internal error, 130 interrupted",
-    )
-    parser.add_argument("recipe", type=Path, help="recipe TOML file")
-    parser.add_argument(
-        "model_dir", type=Path, nargs="?", help="model directory or .pt2 (default: [model] path)"
-    )
-    parser.add_argument("-o", "--out", type=Path, help="output directory (default RECIPE-out)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output dir")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON only")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    parser.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the graph per pass")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="the cache (default $FXOPT_CACHE_DIR, else $XDG_CACHE_HOME/fxopt or ~/.cache/fxopt)",
-    )
-    parser.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="read and write no cache at all (outputs, pass results, calibration)",
-    )
-    parser.add_argument(
-        "--verify-inputs",
-        action="store_true",
-        help="re-hash every model and data file instead of trusting remembered hashes",
-    )
-    _add_plugin_option(parser)
-    parser.add_argument(
-        "--depfile", type=Path, metavar="PATH", help="write a Make/Ninja depfile of every input"
-    )
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        metavar="CHECKPOINT",
-        help="resume fine-tuning from a checkpoint file or directory (default: the latest)",
-    )
-    parser.add_argument("--allow-pickle", action="store_true", help="allow *.bin checkpoints")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow code shipped with the model"
-    )
-    return parser
+class _Command(click.Command):
+    """A command whose callback takes ``(args, output)`` and ends in an exit code; it runs
+    inside :func:`_handle`, before click could turn a Ctrl-C into its own ``Abort``."""
+
+    def invoke(self, ctx: click.Context) -> int:
+        from .console import Output
+
+        output = Output(quiet=ctx.params.get("quiet", False) or ctx.params.get("json", False))
+        with _signals_interrupt(), library_log.collected():
+            params = {k: list(v) if isinstance(v, tuple) else v for k, v in ctx.params.items()}
+            return _handle(self.callback, SimpleNamespace(**params), output)
 
 
-def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
-    )
+class _Optimize(click.Group):
+    """``optimize RECIPE ...`` is ``optimize run RECIPE ...``: the first argument is a recipe
+    path unless it names a command; ``optimize --help`` shows run's options too."""
+
+    command_class = _Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        commands = (*self.commands, *ctx.help_option_names)
+        # no words yet while completing: the first word is a command or a recipe file
+        if (args[0] not in commands) if args else not ctx.resilient_parsing:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        pieces = "RECIPE [MODEL_DIR] [OPTIONS] | COMMAND [ARGS]..."
+        formatter.write_usage(ctx.command_path, pieces, prefix="usage: ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Options (optimize RECIPE [MODEL_DIR] ...)"):
+            params = self.commands["run"].get_params(ctx)
+            formatter.write_dl(
+                [p.get_help_record(ctx) for p in params if isinstance(p, click.Option)]
+            )
+        self.format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        # a file first: bash then offers files only when no command name matches
+        files = [] if incomplete.startswith("-") else [CompletionItem(incomplete, type="file")]
+        return [*files, *super().shell_complete(ctx, incomplete)]
 
 
-def _subparser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"optimize {command}")
-    if command in ("validate", "passes", "check"):
-        _add_plugin_option(parser)
-    if command == "validate":
-        parser.description = "Check a recipe against the installed plugins; run nothing."
-        parser.add_argument("recipe", type=Path)
-    elif command == "passes":
-        parser.description = "List registered passes, backends, loaders and datasets."
-        parser.add_argument("--json", action="store_true")
-    elif command == "schema":
-        parser.description = "Print the recipe JSON schema."
-    elif command == "cache":
-        parser.description = (
-            "Show the cache (size, limit, entries), clear it, or set its size limit "
-            "(optimize cache limit 2GiB); least recently used entries go first."
-        )
-        parser.add_argument("action", choices=("info", "clear", "limit"))
-        parser.add_argument("size", nargs="?", help="for 'limit': e.g. 2GiB, 500MB")
-        parser.add_argument("--cache-dir", type=Path)
-        parser.add_argument("--json", action="store_true")
-    elif command == "bench":
-        parser.description = (
-            "Time an output directory's artifact next to the original model, both in this "
-            "process on the same synthetic inputs, interleaved; prints median and p95."
-        )
-        parser.add_argument("out_dir", type=Path)
-        parser.add_argument(
-            "--iters", type=int, default=30, help="timed calls of each runner (default: 30)"
-        )
-        parser.add_argument(
-            "--warmup", type=int, default=5, help="untimed calls before each (default: 5)"
-        )
-        parser.add_argument(
-            "--batch", type=int, help="batch size (default: the recipe's opt batch size)"
-        )
-        parser.add_argument("--json", action="store_true")
-    elif command == "check":
-        parser.description = (
-            "Load, capture and run the recipe's passes, export ONNX, and check statically "
-            "whether TensorRT would build it (ops, Q/DQ rules, shape profiles). Exit code 0: "
-            "compatible, 2: problems found."
-        )
-        parser.add_argument("recipe", type=Path)
-        parser.add_argument("model_dir", type=Path, nargs="?")
-        parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser
+def _complete_kinds(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """``--kind``: the kinds of the installed plugins (packages add kinds as they load)."""
+    from .plugin_host import load_plugins
+
+    with contextlib.suppress(FxoptError):
+        return [kind for kind in load_plugins().registries() if kind.startswith(incomplete)]
+    return []
 
 
-def _run(args: argparse.Namespace, output) -> int:
+def _flag(*decls: str, help: str):
+    return click.option(*decls, is_flag=True, help=help)
+
+
+_plugin_option = click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME",
+    help="load this plugin even with FXOPT_DISABLE_PLUGIN_AUTOLOAD=1 (repeatable)",
+)
+
+
+@click.group(
+    cls=_Optimize,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="exit codes: 0 ok, 2 usage or input error, 3 fidelity budget missed, 4 backend "
+    "unavailable or disk full, 5 internal error, 130 interrupted, 143 terminated.\n\n"
+    "\b\nshell completion (bash; zsh_source and fish_source for zsh, fish):\n"
+    '  eval "$(_OPTIMIZE_COMPLETE=bash_source optimize)"',
+)
+def cli() -> None:
+    """Optimize a PyTorch / Hugging Face model as a recipe says, verify it, write the
+    artifact. MODEL_DIR: the model directory or .pt2 (default: the recipe's [model] path)."""
+
+
+@cli.command()
+@click.argument("recipe", type=PATH)
+@click.argument("model_dir", type=PATH, required=False)
+@click.option("-o", "--out", "out_dir", type=PATH, help="output directory (default RECIPE-out)")
+@_flag("--force", help="replace an existing output dir")
+@_flag("--json", help="print the report as JSON only")
+@_flag("-q", "--quiet", help="print errors only")
+@click.option("--dump-ir", type=PATH, metavar="DIR", help="write the graph per pass")
+@click.option("--cache-dir", type=PATH, help=CACHE_DIR_HELP)
+@click.option(
+    "--no-cache",
+    "use_cache",
+    flag_value=False,
+    default=True,
+    help="read and write no cache at all (outputs, pass results, calibration)",
+)
+@_flag("--verify-inputs", help="re-hash every model and data file, not trust remembered hashes")
+@_plugin_option
+@click.option("--depfile", type=PATH, metavar="PATH", help="write a Make/Ninja depfile of inputs")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    metavar="[CHECKPOINT]",
+    help="resume fine-tuning from a checkpoint file or directory (default: the latest)",
+)
+@_flag("--allow-pickle", help="allow *.bin checkpoints")
+@_flag("--trust-remote-code", help="allow code shipped with the model")
+def run(args: SimpleNamespace, output) -> None:
+    """Run a recipe (the default command: optimize RECIPE [MODEL_DIR]).
+
+    Optimize the model as RECIPE says, verify it, write the artifact. MODEL_DIR: the model
+    directory or .pt2 (default: the recipe's [model] path)."""
     from .build_cache import plan_build
     from .run_options import RunOptions
 
-    options = RunOptions(
-        out_dir=args.out,
-        force=args.force,
-        dump_ir=args.dump_ir,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-        use_cache=not args.no_cache,
-        verify_inputs=args.verify_inputs,
-        cache_dir=args.cache_dir,
-        plugins=args.plugin,
-        depfile=args.depfile,
-        resume=args.resume,
-    )
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
-        output.quiet = True
-    # the no-op path: answered before torch is imported
+    # the options are named after RunOptions' fields
+    options = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
+    # planned once: recipe, model, output rules, cache key, rank (no torch imported yet)
     build = plan_build(args.recipe, args.model_dir, options, output)
-    report = build.finished()
+    if build.rank != 0:  # torchrun: rank 0 speaks for all
+        output.quiet = True
+    report = build.finished()  # the no-op path: answered before torch is imported
     if report is None:
-        from .pipeline import optimize
+        from .pipeline import execute
 
-        report = optimize(build.recipe, build.model_path, options=options, output=output)
+        report = execute(build, options, output)
     if args.json:
         print(report.to_json())
     elif report.data.get("cache"):
@@ -246,10 +230,18 @@ def _run(args: argparse.Namespace, output) -> int:
     else:
         report.print_summary(output)
         output.step(f"wrote {report['out_dir']}")
-    return EXIT_OK
 
 
-def _cache(args: argparse.Namespace, output) -> int:
+@cli.command()
+@click.argument("action", type=click.Choice(("info", "clear", "limit")))
+@click.argument("size", required=False)
+@click.option("--cache-dir", type=PATH, help=CACHE_DIR_HELP)
+@_flag("--json", help="print the cache's usage as JSON")
+def cache(args: SimpleNamespace, output) -> None:
+    """Show the cache, clear it, or set its size limit.
+
+    info: size, limit, entries; clear: remove every entry; limit SIZE (e.g. 2GiB, 500MB):
+    least recently used entries go first."""
     from .cache_root import CacheRoot, locate, parse_size
 
     location = locate(args.cache_dir)
@@ -263,7 +255,7 @@ def _cache(args: argparse.Namespace, output) -> int:
     if args.action == "clear":
         removed = cache.clear()
         output.console.print(f"removed {removed} cache entries from {cache.path}")
-        return EXIT_OK
+        return
     if args.action == "limit":
         if args.size is None:
             raise OutputError("say the limit", field="size", fix="optimize cache limit 2GiB")
@@ -286,67 +278,91 @@ def _cache(args: argparse.Namespace, output) -> int:
             f"{info['calibration']} calibrations; {info['bytes'] / 2**20:.1f} MiB of "
             f"{info['limit_bytes'] / 2**20:.0f} MiB limit"
         )
-    return EXIT_OK
 
 
-def _validate(args: argparse.Namespace, output) -> int:
+@cli.command()
+@click.argument("recipe", type=PATH)
+@_plugin_option
+def validate(args: SimpleNamespace, output) -> None:
+    """Check a recipe against the installed plugins; run nothing."""
     from .plan import bind
     from .plugin_host import load_plugins
     from .recipe import check_files, load_recipe
 
     recipe = load_recipe(args.recipe)
-    host = load_plugins(only=args.plugin)
+    host = load_plugins(only=args.plugins)
     plan = bind(recipe, host)
     builtins = tuple(n for entry in host.loaders for n in getattr(entry.obj, "builtin_models", ()))
     check_files(recipe, builtin_models=builtins)
     plan.backend.check_available()
     names = ", ".join(p.name for p in plan.passes) or "no passes"
     output.console.print(f"{args.recipe}: ok ({names} → {plan.backend.name})")
-    return EXIT_OK
 
 
-def _passes(args: argparse.Namespace, output) -> int:
-    from rich.table import Table
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--filter", "pattern", metavar="TEXT", help="only names containing TEXT")
+@click.option("--kind", shell_complete=_complete_kinds, help="only this kind, e.g. layer_pruners")
+@_flag("--json", help="print the listing as JSON: kind -> entries")
+@_plugin_option
+def passes(args: SimpleNamespace, output) -> None:
+    """List registered passes, backends, loaders, datasets, ... and where each comes from.
 
+    TEXT (or --filter TEXT) keeps the names containing it. Without --kind, a kind with more
+    than 25 matching entries (the layer pruners) shows as one count line."""
     from .plugin_host import load_plugins
 
-    host = load_plugins(only=args.plugin)
+    host = load_plugins(only=args.plugins)
+    if args.kind not in (None, *(kinds := host.registries())):
+        raise FxoptError(f"no kind {args.kind!r}", field="--kind", fix=f"one of {', '.join(kinds)}")
+    needles = [text.lower() for text in (args.text, args.pattern) if text]
+    listing = {
+        kind: [e for e in registry if all(n in e.name.lower() for n in needles)]
+        for kind, registry in host.registries().items()
+        if args.kind in (None, kind)
+    }
     if args.json:
-        listing = {
-            kind: [{"name": e.name, "origin": e.origin} for e in registry]
-            for kind, registry in host.registries().items()
-        }
-        listing["failed_plugins"] = [f.__dict__ for f in host.failures]
-        print(json.dumps(listing, indent=2))
-        return EXIT_OK
+        shown = {k: [{"name": e.name, "origin": e.origin} for e in v] for k, v in listing.items()}
+        shown["failed_plugins"] = [f.__dict__ for f in host.failures]
+        print(json.dumps(shown, indent=2))
+        return
+    from rich.table import Table
+
     table = Table(title="registered plugins")
     for column in ("kind", "name", "from", "summary"):
         table.add_column(column)
-    for kind, registry in host.registries().items():
-        for entry in registry:
-            doc = _summary(entry.obj)
-            table.add_row(kind, entry.name, entry.origin, doc[0] if doc else "")
+    for kind, entries in listing.items():
+        if args.kind is None and len(entries) > 25:  # the layer pruners: one line
+            table.add_row(kind, f"({len(entries)} entries)", "", f"optimize passes --kind {kind}")
+            continue
+        for e in entries:  # summary: the first docstring line of the class, else its module's
+            doc = e.obj.__doc__ or sys.modules[e.obj.__module__].__doc__ or ""
+            table.add_row(kind, e.name, e.origin, (doc.strip().splitlines() or [""])[0])
     output.console.print(table)
     for failure in host.failures:
         output.warn(f"plugin {failure.name} ({failure.distribution}) failed: {failure.error}")
-    return EXIT_OK
 
 
-def _summary(obj: object) -> list[str]:
-    """First docstring line of the class, or of its module when the class has none."""
-    text = obj.__doc__ or sys.modules[obj.__module__].__doc__ or ""
-    return text.strip().splitlines()
-
-
-def _schema(args: argparse.Namespace, output) -> int:
+@cli.command()
+def schema(args: SimpleNamespace, output) -> None:
+    """Print the recipe JSON schema."""
     from .plugin_host import load_plugins
     from .schema import recipe_schema
 
     print(json.dumps(recipe_schema(load_plugins()), indent=2))
-    return EXIT_OK
 
 
-def _bench(args: argparse.Namespace, output) -> int:
+@cli.command()
+@click.argument("out_dir", type=PATH)
+@click.option("--iters", type=int, default=30, help="timed calls of each runner (default: 30)")
+@click.option("--warmup", type=int, default=5, help="untimed calls before each (default: 5)")
+@click.option("--batch", type=int, help="batch size (default: the recipe's opt batch size)")
+@_flag("--json", help="print the timings as JSON")
+def bench(args: SimpleNamespace, output) -> None:
+    """Time an output directory's artifact next to the original model.
+
+    Both run in this process on the same synthetic inputs, interleaved; prints median and
+    p95."""
     from .bench import bench_output
 
     result = bench_output(
@@ -354,7 +370,7 @@ def _bench(args: argparse.Namespace, output) -> int:
     )
     if args.json:
         print(json.dumps(result, indent=2))
-        return EXIT_OK
+        return
     from rich.table import Table
 
     table = Table(title=f"bench {args.out_dir} (shape {result['shape']})")
@@ -365,27 +381,41 @@ def _bench(args: argparse.Namespace, output) -> int:
         ratio = result["reference"]["p50"] / row["p50"]
         table.add_row(name, f"{row['p50']:.3f}", f"{row['p95']:.3f}", f"{ratio:.2f}×")
     output.console.print(table)
-    return EXIT_OK
 
 
-def _check(args: argparse.Namespace, output) -> int:
-    from fxopt.plugins.trt_preflight import preflight
+@cli.command()
+@click.argument("recipe", type=PATH)
+@click.argument("model_dir", type=PATH, required=False)
+@_flag("--json", help="print the report as JSON")
+@click.option(
+    "--backend", default="tensorrt", show_default=True, help="the backend to ask for its check"
+)
+@_plugin_option
+def check(args: SimpleNamespace, output) -> int:
+    """Pre-flight: would a backend build this recipe's model?
 
+    Load, capture and run the recipe's passes, then ask the backend's plugin to check
+    statically whether it would build the result (TensorRT: ONNX ops, Q/DQ rules, shape
+    profiles). Exit code 0: it would, 2: problems found."""
     from .plugin_host import load_plugins
 
-    host = load_plugins(only=args.plugin)
-    return preflight(args.recipe, args.model_dir, output=output, as_json=args.json, host=host)
+    host = load_plugins(only=args.plugins)
+    code = host.pm.hook.fxopt_check(
+        backend=args.backend,
+        recipe=args.recipe,
+        model_dir=args.model_dir,
+        host=host,
+        output=output,
+        as_json=args.json,
+    )
+    if code is None:
+        raise RecipeError(
+            f"no installed plugin has a pre-flight check for backend {args.backend!r}",
+            field="--backend",
+            fix="check the name (optimize passes --kind backends); TensorRT has one",
+        )
+    return code
 
-
-COMMANDS = {
-    "check": _check,
-    "run": _run,
-    "validate": _validate,
-    "passes": _passes,
-    "schema": _schema,
-    "bench": _bench,
-    "cache": _cache,
-}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    import torch
-
-    from fxopt.passes.finetune.attacks import Attack
-    from fxopt.passes.prune.pruners import LayerPruner
-    from fxopt.passes.quantize.observers import ObserverFactory
+    from pathlib import Path
 
     from .backend import Backend
+    from .console import Output
     from .data import Dataset
     from .instruments import Instrument
     from .loading import Loader
     from .pass_base import Pass
+    from .plugin_host import PluginHost
     from .recipe import Recipe
     from .registry import Registrar
+    from .task import Task
 
 PROJECT = "fxopt"
 #: bumped when a hook's signature changes incompatibly; a plugin module may declare the
@@ -39,6 +38,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # -- registration: called once when the plugin host starts -----------------------------------
+
+
+@hookspec
+def fxopt_add_hookspecs(host: PluginHost) -> None:
+    """Declare the extension points a package owns, before its ``fxopt_register_*`` hooks run:
+    ``host.add_hookspecs(module)`` adds its hook specifications and
+    ``host.add_registry(name, kind, hook)`` a registry that ``hook`` fills (``host.<name>``).
+    pytest's ``pytest_addhooks`` is the model; ``prune`` (layer pruners), ``quantize``
+    (observers) and ``finetune`` (attacks, training hooks) declare theirs this way. Example::
+
+        @hookimpl
+        def fxopt_add_hookspecs(host):
+            host.add_hookspecs(mycorp_hookspecs)
+            host.add_registry("schedulers", "scheduler", "mycorp_register_schedulers")
+    """
 
 
 @hookspec
@@ -69,37 +83,37 @@ def fxopt_register_datasets(registry: Registrar[type[Dataset]]) -> None:
 
 
 @hookspec
-def fxopt_register_layer_pruners(registry: Registrar[LayerPruner]) -> None:
-    """Register per-op layer pruners for ``prune.structured``, keyed by the op's name as the
-    graph prints it (``aten.linear.default``) or its overload packet (``aten.add``).
-
-    A :class:`~fxopt.passes.prune.LayerPruner` says how the op's axes are coupled; ops with
-    none are left unpruned and listed in the report. Example::
-
-        @hookimpl
-        def fxopt_register_layer_pruners(registry):
-            registry.register("mylib.gelu_linear.default", GeluLinearPruner())
-    """
-
-
-@hookspec
-def fxopt_register_observers(registry: Registrar[ObserverFactory]) -> None:
-    """Register activation observers for ``quantize.int8`` by the name its ``observer`` key
-    (or ``observer_overrides``) uses; ``minmax``, ``histogram``, ``percentile``, ``entropy``
-    and ``mse`` are built in.
-
-    The registered object is a factory: called with the recipe's
-    :class:`~fxopt.passes.quantize.ObserverOptions`, it returns a torchao observer constructor
-    (a class, or ``SomeObserver.with_args(...)``), which pt2e calls with the dtype, range and
-    scheme of the quantization spec. Example::
+def fxopt_register_tasks(registry: Registrar[type[Task]]) -> None:
+    """Register :class:`~fxopt.engine.task.Task` subclasses by the name a loader gives
+    ``LoadedModel.task`` (and a recipe's ``[model] task`` sets): what verification compares,
+    with which metrics, and the eager reference runner. ``generic``, ``sentence-embedding``,
+    ``feature-extraction``, ``sequence-classification``, ``image-classification`` and
+    ``causal-lm`` are built in. Example::
 
         @hookimpl
-        def fxopt_register_observers(registry):
-            registry.register("mycorp.ema", lambda options: EmaObserver.with_args(decay=0.9))
+        def fxopt_register_tasks(registry):
+            registry.register("mycorp.ranker", RankerTask)
     """
 
 
 # -- per run ----------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def fxopt_check(
+    backend: str,
+    recipe: Path,
+    model_dir: Path | None,
+    host: PluginHost,
+    output: Output,
+    as_json: bool,
+) -> int | None:
+    """Answer ``optimize check RECIPE [--backend NAME]``: a pre-flight of whether ``backend``
+    would build the recipe's model, without building it. The plugin of that backend prints
+    its findings (JSON with ``as_json``) and returns the exit code (0: it would build, 2:
+    problems found); others return ``None``. ``firstresult``: the first answer wins.
+    TensorRT answers for ``tensorrt`` (ops its ONNX parser supports, Q/DQ rules, profiles).
+    """
 
 
 @hookspec
@@ -108,54 +122,4 @@ def fxopt_add_instruments(recipe: Recipe) -> list[Instrument] | None:
 
     Each result is a list of :class:`~fxopt.engine.instruments.Instrument`; all lists are
     concatenated in plugin order.
-    """
-
-
-# -- training: the ``finetune`` pass's loop ---------------------------------------------------
-
-
-@hookspec
-def fxopt_register_attacks(registry: Registrar[type[Attack]]) -> None:
-    """Register adversarial attacks (:class:`fxopt.passes.finetune.Attack` subclasses) by the
-    name a recipe's ``adversarial.method`` uses (``fgsm``, ``pgd``, ``freelb`` are built in).
-
-    Example::
-
-        @hookimpl
-        def fxopt_register_attacks(registry):
-            registry.register("mycorp.noise", NoiseAttack)
-    """
-
-
-@hookspec(firstresult=True)
-def fxopt_adversarial_perturb(
-    attack: str,
-    target: str,
-    step: int,
-    iteration: int,
-    delta: torch.Tensor,
-    inputs: dict[str, torch.Tensor],
-) -> torch.Tensor | None:
-    """Refine a perturbation after each attack iteration of training step ``step``.
-
-    ``target`` is ``"pixels"`` or ``"embeddings"``; ``inputs`` is the clean batch (to mask
-    padding tokens, say). Return a tensor of ``delta``'s shape to replace it, or ``None`` to
-    keep it; the result is projected back into the recipe's epsilon ball either way.
-    ``firstresult``: the first plugin that returns a tensor wins.
-    """
-
-
-@hookspec
-def fxopt_train_step_begin(
-    step: int, epoch: int, batch: dict[str, torch.Tensor], model: torch.nn.Module
-) -> None:
-    """Called before each optimizer step of ``finetune`` with this rank's batch (on device)."""
-
-
-@hookspec
-def fxopt_train_step_end(
-    step: int, epoch: int, loss: float, lr: float, model: torch.nn.Module
-) -> bool | None:
-    """Called after each optimizer step. Return ``True`` to stop training after this step
-    (a custom early-stopping rule); under ``torchrun`` rank 0's answer counts.
     """

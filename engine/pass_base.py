@@ -75,9 +75,12 @@ class PassContext:
     evaluate: Callable[[ModelIR], dict[str, float]]
     cache_dir: Path | None
     output: Output
-    plugins: PluginHost | None = None
+    plugins: PluginHost = field(default_factory=lambda: _installed_plugins())
     resume: str | None = None
     reference_module: torch.nn.Module | None = None
+    #: this pass's position in the recipe's ``[[passes]]`` (set by the pass manager): what
+    #: its errors name (``passes[2].config``) and what tells two identical passes apart
+    index: int = 0
 
     def required_batches(self, split: str, needed_by: str, alternative: str = "") -> list[Batch]:
         """The split's batches; none is a :class:`DataError` naming ``data.<split>``, what
@@ -93,6 +96,13 @@ class PassContext:
                 + (f", {alternative}" if alternative else ""),
             )
         return batches
+
+
+def _installed_plugins() -> PluginHost:
+    """The host of every installed plugin, for a context built outside a run (tests, tools)."""
+    from .plugin_host import load_plugins
+
+    return load_plugins()
 
 
 class Pass:

@@ -8,6 +8,7 @@ instrument) the fidelity so far. A failure names the pass and the passes already
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ class PassManager:
             ctx.output.step(f"pass {pass_.name}")
             start = time.perf_counter()
             try:
-                result = pass_.run(ir, ctx)
+                result = pass_.run(ir, dataclasses.replace(ctx, index=index))
                 _check(ir, result)
             except FxoptError as exc:
                 exc.message = f"{self._where(pass_, records)}: {exc.message}"

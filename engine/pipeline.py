@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,8 +41,10 @@ from .plan import Plan, bind
 from .plugin_host import PluginHost, load_plugins
 from .recipe import Recipe, load_recipe
 from .report import Report
+from .report_model import RunReport
 from .run_options import RunOptions
 from .staging import StagedDir
+from .task import Task
 from .timing import reference_vs_optimized
 from .verify import check_budget, compare
 
@@ -58,6 +59,7 @@ class _Run:
     model_path: Path
     splits: dict[str, list[Batch]]
     reference: list[list[np.ndarray]]
+    task: Task
     seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     build_key: str = ""
@@ -84,13 +86,21 @@ def optimize(
     if out_dir is not None:
         options.out_dir = Path(out_dir)
     output = output or Output(quiet=True)
+    return execute(plan_build(recipe, model_dir, options, output), options, output, host)
+
+
+def execute(
+    build: Build, options: RunOptions, output: Output, host: PluginHost | None = None
+) -> Report:
+    """Run a planned build (:func:`~.build_cache.plan_build`, done once per run): answered
+    from the cache when an identical build exists, else load → reference → capture → passes
+    → lower → verify → write."""
     started = time.perf_counter()
-    build = plan_build(recipe, model_dir, options, output)
     if (done := build.finished()) is not None:
         return done
     # under torchrun every rank runs this; only rank 0 locks, writes and stores (the others
     # would wait on its lock while it waits for them in the fine-tune's process group)
-    peer = int(os.environ.get("RANK", "0")) != 0
+    peer = build.rank != 0
     with contextlib.nullcontext() if peer else build.cache.lock(build.key):
         if (done := build.finished()) is not None:  # a concurrent build of the same inputs
             return done
@@ -130,9 +140,8 @@ def _build(
     ir = _capture(run, output)
     ir, records = _run_passes(run, ir, options, output, host)
     if staged is None:  # under torchrun, only rank 0 writes outputs
-        rank = int(os.environ["RANK"])
         passes = [r.to_json() for r in records]
-        return Report({"passed": True, "rank": rank, "out_dir": None, "passes": passes})
+        return Report({"passed": True, "rank": build.rank, "out_dir": None, "passes": passes})
     return _lower_and_verify(run, ir, records, staged, output)
 
 
@@ -199,9 +208,11 @@ def _prepare(
     seconds["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    reference = run_batches(eager_runner(loaded), splits["verification"], output, "reference")
+    task = host.tasks.get(loaded.task, file=recipe.label, field="model.task")()
+    runner = task.reference_runner(loaded)
+    reference = run_batches(runner, splits["verification"], output, "reference")
     seconds["reference"] = time.perf_counter() - tick
-    return _Run(recipe, plan, loaded, model_path, splits, reference, seconds)
+    return _Run(recipe, plan, loaded, model_path, splits, reference, task, seconds)
 
 
 def load_model(host: PluginHost, recipe: Recipe, path: Path, options: RunOptions) -> LoadedModel:
@@ -222,12 +233,6 @@ def load_model(host: PluginHost, recipe: Recipe, path: Path, options: RunOptions
     )
 
 
-def eager_runner(loaded: LoadedModel) -> Runner:
-    from fxopt.plugins.torch_backend import TorchOptions, TorchRunner
-
-    return TorchRunner(loaded.module, TorchOptions(), names=[s.name for s in loaded.inputs])
-
-
 def run_batches(
     runner: Runner, batches: list[Batch], output: Output, label: str
 ) -> list[list[np.ndarray]]:
@@ -241,10 +246,6 @@ def run_batches(
 
 def _feeds(batch: Batch, names: list[str]) -> dict[str, np.ndarray]:
     return {name: batch[name].numpy() for name in names}
-
-
-def _masks(batches: list[Batch]) -> list[np.ndarray | None]:
-    return [b["attention_mask"].numpy() if "attention_mask" in b else None for b in batches]
 
 
 def _capture(run: _Run, output: Output) -> ModelIR:
@@ -267,7 +268,7 @@ def _evaluator(run: _Run, limit: int):
 
     def evaluate(ir: ModelIR) -> dict[str, float]:
         got = [[t.float().numpy() for t in ir.run(b)] for b in batches]
-        return compare(reference, got, _masks(batches), ir.meta.task)
+        return compare(reference, got, [run.task.mask(b) for b in batches], run.task)
 
     return evaluate
 
@@ -327,7 +328,7 @@ def _lower_and_verify(
     tick = time.perf_counter()
     batches = run.splits["verification"]
     candidate = run_batches(runner, batches, output, "artifact")
-    metrics = compare(run.reference, candidate, _masks(batches), ir.meta.task)
+    metrics = compare(run.reference, candidate, [run.task.mask(b) for b in batches], run.task)
     budget = check_budget(metrics, run.recipe.verify)
     passed = all(line.passed for line in budget)
     run.seconds["verify"] = time.perf_counter() - tick
@@ -370,7 +371,7 @@ def _lower_and_verify(
 def _latency(run: _Run, runner: Runner) -> dict[str, Any]:
     batch = run.splits["verification"][0]
     iters = run.recipe.verify.latency_iters
-    reference = eager_runner(run.loaded)
+    reference = run.task.reference_runner(run.loaded)
     ref_feeds = _feeds(batch, reference.input_names)
     feeds = _feeds(batch, runner.input_names)
     return {
@@ -382,42 +383,37 @@ def _latency(run: _Run, runner: Runner) -> dict[str, Any]:
 
 
 def _report(run, ir, records, artifact, metrics, budget, passed, latency) -> Report:
+    """The typed report of a finished run (``report.json`` is its dump)."""
     module = run.loaded.module
-    params_before = sum(p.numel() for p in module.parameters())
-    bytes_before = sum(
-        t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
-    )
-    return Report(
-        {
-            "fxopt": _version(),
+    tensors = [*module.parameters(), *module.buffers()]
+    typed = RunReport(
+        fxopt=_version(),
+        passed=passed,
+        recipe=str(run.recipe.source) if run.recipe.source else None,
+        model_path=str(run.model_path),
+        task=ir.meta.task,
+        inputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in ir.inputs],
+        dims={k: v.model_dump() for k, v in run.loaded.dims.items()},
+        passes=[r.to_json() for r in records],
+        verify={
+            "metrics": metrics,
+            "budget": [line.to_json() for line in budget],
             "passed": passed,
-            "recipe": str(run.recipe.source) if run.recipe.source else None,
-            "model_path": str(run.model_path),
-            "task": ir.meta.task,
-            "inputs": [
-                {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in ir.inputs
-            ],
-            "dims": {k: v.model_dump() for k, v in run.loaded.dims.items()},
-            "passes": [r.to_json() for r in records],
-            "verify": {
-                "metrics": metrics,
-                "budget": [line.to_json() for line in budget],
-                "passed": passed,
-                "costliest_step": _costliest(records, metrics),
-            },
-            "model": {
-                "params_before": params_before,
-                "params_after": ir.parameter_count(),
-                "bytes_before": bytes_before,
-                "bytes_after": ir.byte_size(),
-                "ops_after": ir.ops(),
-            },
-            "latency_ms": latency,
-            "target": run.recipe.target.model_dump(),
-            "artifacts": artifact,
-            "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
-        }
+            "costliest_step": _costliest(records, metrics),
+        },
+        model={
+            "params_before": sum(p.numel() for p in module.parameters()),
+            "params_after": ir.parameter_count(),
+            "bytes_before": sum(t.numel() * t.element_size() for t in tensors),
+            "bytes_after": ir.byte_size(),
+            "ops_after": ir.ops(),
+        },
+        latency_ms=latency,
+        target=run.recipe.target.model_dump(),
+        artifacts=artifact,
+        seconds={k: round(v, 3) for k, v in run.seconds.items()},
     )
+    return Report(typed.model_dump(mode="json", exclude={"cache", "out_dir"}))
 
 
 def _costliest(records: list[PassRecord], final: dict[str, float]) -> dict[str, Any] | None:

@@ -33,21 +33,62 @@ class PluginFailure:
     error: str
 
 
+#: the engine's own extension points: registry name → (what it holds, the hook filling it)
+CORE_REGISTRIES = {
+    "passes": ("pass", "fxopt_register_passes"),
+    "backends": ("backend", "fxopt_register_backends"),
+    "loaders": ("loader", "fxopt_register_loaders"),
+    "datasets": ("dataset", "fxopt_register_datasets"),
+    "tasks": ("task", "fxopt_register_tasks"),
+}
+
+
 @dataclass
 class PluginHost:
-    """The plugin manager and the registries its plugins filled."""
+    """The plugin manager and the registries its plugins filled.
+
+    The engine declares its own registries (:data:`CORE_REGISTRIES`); a package that owns an
+    extension point (prune's layer pruners, quantize's observers, finetune's attacks) adds its
+    hooks and registry from its ``fxopt_add_hookspecs`` hook, as pytest plugins do with
+    ``pytest_addhooks``, so no extension point needs an edit of the engine. A registry is an
+    attribute too: ``host.passes``, ``host.attacks``.
+    """
 
     pm: pluggy.PluginManager
-    passes: Registry = field(default_factory=lambda: Registry("pass"))
-    backends: Registry = field(default_factory=lambda: Registry("backend"))
-    loaders: Registry = field(default_factory=lambda: Registry("loader"))
-    datasets: Registry = field(default_factory=lambda: Registry("dataset"))
-    attacks: Registry = field(default_factory=lambda: Registry("attack"))
-    layer_pruners: Registry = field(default_factory=lambda: Registry("layer pruner"))
-    observers: Registry = field(default_factory=lambda: Registry("observer"))
     failures: list[PluginFailure] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
     tracing: bool = False
+    _registries: dict[str, Registry] = field(default_factory=dict)
+    #: hook name → the registry its implementations fill
+    _fillers: dict[str, Registry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (kind, hook) in CORE_REGISTRIES.items():
+            self.add_registry(name, kind, hook)
+
+    def __getattr__(self, name: str) -> Registry:
+        registries = self.__dict__.get("_registries", {})
+        if name in registries:
+            return registries[name]
+        raise AttributeError(
+            f"no registry {name!r} (registries: {', '.join(registries)}; a package adds one "
+            "from its fxopt_add_hookspecs hook)"
+        )
+
+    def add_hookspecs(self, module: Any) -> None:
+        """Add a package's hook specifications (its ``fxopt_*`` functions)."""
+        self.pm.add_hookspecs(module)
+
+    def add_registry(self, name: str, kind: str, hook: str) -> Registry:
+        """Declare a registry filled by ``hook``; plugins already registered fill it now."""
+        if name in self._registries:
+            return self._registries[name]
+        registry = Registry(kind)
+        self._registries[name] = registry
+        self._fillers[hook] = registry
+        for plugin_name in list(self.origins):
+            self._fill(plugin_name, hook, registry)
+        return registry
 
     def register(self, plugin: Any, name: str, origin: str | None = None) -> None:
         """Register one plugin object and let it fill the registries."""
@@ -63,15 +104,7 @@ class PluginHost:
             registry.drop_origin(origin)
 
     def registries(self) -> dict[str, Registry]:
-        return {
-            "passes": self.passes,
-            "backends": self.backends,
-            "loaders": self.loaders,
-            "datasets": self.datasets,
-            "attacks": self.attacks,
-            "layer_pruners": self.layer_pruners,
-            "observers": self.observers,
-        }
+        return dict(self._registries)
 
     def failure_hint(self) -> str:
         """A sentence naming plugins that failed to import, for "unknown name" errors."""
@@ -81,23 +114,26 @@ class PluginHost:
         return f"; plugins that failed to import: {names}"
 
     def _collect(self, plugin_name: str) -> None:
-        plugin = self.pm.get_plugin(plugin_name)
+        known = dict(self._fillers)
+        # a registry this plugin adds is filled by every registered plugin, itself included
+        self._call(plugin_name, "fxopt_add_hookspecs", host=self)
+        for hook_name, registry in known.items():
+            self._fill(plugin_name, hook_name, registry)
+
+    def _fill(self, plugin_name: str, hook_name: str, registry: Registry) -> None:
         origin = self.origins[plugin_name]
-        hooks = {
-            "fxopt_register_passes": self.passes,
-            "fxopt_register_backends": self.backends,
-            "fxopt_register_loaders": self.loaders,
-            "fxopt_register_datasets": self.datasets,
-            "fxopt_register_attacks": self.attacks,
-            "fxopt_register_layer_pruners": self.layer_pruners,
-            "fxopt_register_observers": self.observers,
-        }
-        for hook_name, registry in hooks.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin is plugin:
-                    if self.tracing:
-                        sys.stderr.write(f"fxopt plugins: {hook_name} [{plugin_name}]\n")
-                    impl.function(registry=registry.registrar(origin))
+        self._call(plugin_name, hook_name, registry=registry.registrar(origin))
+
+    def _call(self, plugin_name: str, hook_name: str, **kwargs: Any) -> None:
+        plugin = self.pm.get_plugin(plugin_name)
+        caller = getattr(self.pm.hook, hook_name, None)
+        if caller is None:
+            return
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                if self.tracing:
+                    sys.stderr.write(f"fxopt plugins: {hook_name} [{plugin_name}]\n")
+                impl.function(**kwargs)
 
 
 def load_plugins(*, entry_points: bool = True, only: Sequence[str] | None = None) -> PluginHost:

@@ -10,7 +10,8 @@ Structure (``optimize schema`` prints the full JSON schema)::
     [verify]           the fidelity budget the final artifact must meet
 
 Each pass's ``config`` is validated by that pass's own ``Config`` model once the plugins are
-loaded (:func:`bind_passes`), so its errors read ``passes[1].config.ratio`` like the rest.
+loaded (:func:`fxopt.engine.plan.bind`), so its errors read ``passes[1].config.ratio`` like
+the rest.
 
 Numbers are checked as strictly as keys: a boolean is never a number (``batch_size = true``
 is an error, not 1), input ranges are finite and ordered, and every count that sizes an

@@ -1,9 +1,8 @@
 """The run report: ``report.json`` for machines, ``report.md`` and a console table for people.
 
-The JSON keys are a contract for build systems: ``passed``, ``passes[]`` (``name``,
-``seconds``, ``metrics``, ``numerics``), ``verify`` (``metrics``, ``budget``, ``passed``),
-``model`` (``params_before``/``after``, ``bytes_before``/``after``), ``latency_ms``
-(``reference``, ``optimized``: ``p50``, ``p95``) and ``artifacts``.
+The JSON is a contract for build systems: its typed model is
+:class:`~.report_model.RunReport` (schema committed as ``docs/report.schema.json``); a run
+builds one and this class carries its dump.
 """
 
 from __future__ import annotations

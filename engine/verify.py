@@ -1,9 +1,8 @@
 """Fidelity: compare a candidate's outputs with the reference model's, and check the budget.
 
-What is compared depends on the task: pooled sentence embeddings for encoders (token states
-are mean-pooled under the attention mask for ``feature-extraction``), logits plus top-1
-agreement for classifiers and language models, every output flattened otherwise. The cosine is
-per sample, so ``cosine_min`` finds the one sentence a change broke.
+What is compared is the task's to say (:class:`~.task.Task`: pooled sentence embeddings for
+encoders, logits plus top-1 agreement for classifiers, every output flattened for the generic
+task). The cosine is per sample, so ``cosine_min`` finds the one sentence a change broke.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from .recipe import VerifySection
-
-CLASSIFICATION_TASKS = ("sequence-classification", "image-classification", "causal-lm")
+from .task import Task
 
 #: budget field -> (metric it bounds, True when the metric must be at least the bound)
 BOUNDS: dict[str, tuple[str, bool]] = {
@@ -31,9 +29,11 @@ def compare(
     reference: list[list[np.ndarray]],
     candidate: list[list[np.ndarray]],
     masks: list[np.ndarray | None],
-    task: str,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``candidate`` against ``reference``; both are per batch, per output."""
+    """Metrics of ``candidate`` against ``reference``; both are per batch, per output
+    (``task``: what to compare, the generic task's flattened outputs when ``None``)."""
+    task = task or Task()
     ref = [
         np.concatenate([b[i] for b in reference]).astype(np.float64)
         for i in range(len(reference[0]))
@@ -43,7 +43,7 @@ def compare(
         for i in range(len(candidate[0]))
     ]
     mask = np.concatenate(masks) if all(m is not None for m in masks) else None
-    first_ref, first_got = _view(ref[0], mask, task), _view(got[0], mask, task)
+    first_ref, first_got = task.vectors(ref[0], mask), task.vectors(got[0], mask)
     cosine = _cosine(first_ref, first_got)
     diff = np.concatenate([(g - r).ravel() for r, g in zip(ref, got, strict=True)])
     norm = np.sqrt(sum(float((r**2).sum()) for r in ref))
@@ -54,18 +54,7 @@ def compare(
         "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
         "rel_l2": float(np.sqrt((diff**2).sum()) / norm) if norm > 0 else 0.0,
     }
-    if task in CLASSIFICATION_TASKS:
-        agree = ref[0].argmax(axis=-1) == got[0].argmax(axis=-1)
-        metrics["top1_agreement"] = float(agree.mean())
-    return metrics
-
-
-def _view(output: np.ndarray, mask: np.ndarray | None, task: str) -> np.ndarray:
-    """The per-sample vectors whose cosine we report."""
-    if task == "feature-extraction" and mask is not None and output.ndim == 3:
-        weights = mask[..., None].astype(np.float64)
-        output = (output * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    return output.reshape(output.shape[0], -1)
+    return {**metrics, **task.extra_metrics(ref, got)}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

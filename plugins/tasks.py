@@ -1,65 +1,65 @@
-"""Task heads: wrap a Hugging Face model so it takes positional tensors and returns a tuple.
+"""The built-in tasks, registered through ``fxopt_register_tasks`` as a third party's would be.
 
-``torch.export`` and ONNX want a flat signature and flat outputs; these wrappers give every
-task one, and pick what verification compares (pooled sentence embeddings for encoders,
-logits for classifiers and language models).
+Each says what its kind of model is judged on (see :class:`fxopt.engine.task.Task`):
+sentence embeddings by their cosine, token states by the cosine of their mean under the
+attention mask, classifiers and language models by their logits and top-1 agreement.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import numpy as np
 
-#: task -> (transformers auto class, output names)
-TASKS: dict[str, tuple[str, list[str]]] = {
-    "sentence-embedding": ("AutoModel", ["sentence_embedding"]),
-    "feature-extraction": ("AutoModel", ["last_hidden_state"]),
-    "sequence-classification": ("AutoModelForSequenceClassification", ["logits"]),
-    "image-classification": ("AutoModelForImageClassification", ["logits"]),
-    "causal-lm": ("AutoModelForCausalLM", ["logits"]),
-}
-
-POOLING_MODES = ("mean", "cls", "max")
+from fxopt.engine import hookimpl
+from fxopt.engine.task import Task
 
 
-class TaskModule(nn.Module):
-    """``forward(*inputs)`` with inputs in ``input_names`` order, returning a tuple."""
+class SentenceEmbedding(Task):
+    """One pooled (and normalized) vector per sentence: its cosine is the fidelity."""
 
-    def __init__(self, model: nn.Module, input_names: list[str], output: str) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = list(input_names)
-        self.output = output
-        self.extra = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        kwargs = dict(zip(self.input_names, inputs, strict=True))
-        out = self.model(**kwargs, **self.extra, return_dict=True)
-        return (out[self.output],)
+    name = "sentence-embedding"
 
 
-class SentenceEmbedding(TaskModule):
-    """Token states pooled as sentence-transformers' Pooling (+ Normalize) modules do."""
+class FeatureExtraction(Task):
+    """Token states, compared as their mean over the real (unpadded) tokens of a sample."""
 
-    def __init__(
-        self, model: nn.Module, input_names: list[str], pooling: str, normalize: bool
-    ) -> None:
-        super().__init__(model, input_names, "last_hidden_state")
-        self.pooling = pooling
-        self.normalize = normalize
+    name = "feature-extraction"
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        (hidden,) = super().forward(*inputs)
-        mask = dict(zip(self.input_names, inputs, strict=True)).get("attention_mask")
-        if mask is None:
-            mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
-        else:
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-        return (pooled,)
+    def vectors(self, output: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        if mask is not None and output.ndim == 3:
+            weights = mask[..., None].astype(np.float64)
+            output = (output * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return super().vectors(output, mask)
+
+
+class SequenceClassification(Task):
+    name = "sequence-classification"
+    classifies = True
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    classifies = True
+
+
+class CausalLM(Task):
+    """Next-token logits (no KV cache yet): top-1 agreement is the share of positions whose
+    most likely next token is unchanged."""
+
+    name = "causal-lm"
+    classifies = True
+
+
+BUILTIN = (
+    Task,
+    SentenceEmbedding,
+    FeatureExtraction,
+    SequenceClassification,
+    ImageClassification,
+    CausalLM,
+)
+
+
+@hookimpl
+def fxopt_register_tasks(registry) -> None:
+    for task in BUILTIN:
+        registry.register(task.name, task)

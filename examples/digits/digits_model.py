@@ -1,7 +1,7 @@
 """Save the digits CNN and its data as files: ``model.pt2`` and ``digits.npz``.
 
 The shipped digits recipes need none of this: they name ``path = "builtin:digits-cnn"`` and
-``source = "digits"``, and fxopt trains the model itself (``fxopt.plugins.builtin_models``).
+``source = "digits"``, and fxopt trains the model itself (``fxopt.plugins.data.builtin_models``).
 This script writes the same model and data as files, for a recipe of your own that reads
 them with the ``pt2`` loader and the ``npz`` source, or for another tool::
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fxopt.plugins.builtin_models import TRAIN, SmallCNN, export_pt2, train_cnn, write_digits
-from fxopt.plugins.datasets import digits_arrays
+from fxopt.plugins.data.builtin_models import TRAIN, SmallCNN, export_pt2, train_cnn, write_digits
+from fxopt.plugins.data.sources import digits_arrays
 
 __all__ = ["TRAIN", "SmallCNN", "build", "digits_arrays", "export_pt2", "train_cnn"]
 

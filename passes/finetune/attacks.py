@@ -205,3 +205,12 @@ BUILTIN_ATTACKS = (FGSM, PGD, FreeLB)
 def fxopt_register_attacks(registry) -> None:
     for attack in BUILTIN_ATTACKS:
         registry.register(attack.name, attack)
+
+
+@hookimpl
+def fxopt_add_hookspecs(host) -> None:
+    """This package owns its extension point: its hooks, and the ``attacks`` registry."""
+    from . import hookspecs
+
+    host.add_hookspecs(hookspecs)
+    host.add_registry("attacks", "attack", "fxopt_register_attacks")

@@ -45,8 +45,8 @@ class Finetune(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: FinetuneConfig = self.config  # type: ignore[assignment]
         file = ctx.recipe.label
-        where = f"passes[{self._index(ctx)}].config"
-        host = ctx.plugins if ctx.plugins is not None else _default_host()
+        where = f"passes[{ctx.index}].config"
+        host = ctx.plugins
         world = current_world()
         device = _device(config, world, file, where)
         amp = _amp(config, device, file, where)
@@ -145,12 +145,6 @@ class Finetune(Pass):
             ir, modified=trainer.step > 0, preserved=frozenset({"parameter-count"}), metrics=metrics
         )
 
-    def _index(self, ctx: PassContext) -> int:
-        for index, spec in enumerate(ctx.recipe.passes):
-            if spec.name == self.name and self.Config.model_validate(spec.config) == self.config:
-                return index
-        return 0
-
     def _resume(self, trainer: Trainer, ctx: PassContext, config: FinetuneConfig) -> int | None:
         if config.checkpoint_dir:
             base = ctx.recipe.resolve_path(config.checkpoint_dir)
@@ -163,7 +157,7 @@ class Finetune(Pass):
                     "checkpoints are neither written nor resumed"
                 )
             return None
-        directory = checkpoint.checkpoint_dir(base, trainer.recipe_hash, self._index(ctx))
+        directory = checkpoint.checkpoint_dir(base, trainer.recipe_hash, ctx.index)
         if config.checkpoint_every:
             trainer.checkpoint_dir = directory
         resume = getattr(ctx, "resume", None)
@@ -230,12 +224,6 @@ class _Evaluator:
 
     def _loss(self, outputs, batch: Batch, index: int) -> torch.Tensor:
         return self.objective.loss(outputs, batch, self.teacher[index])
-
-
-def _default_host():
-    from fxopt.engine.plugin_host import load_plugins
-
-    return load_plugins()
 
 
 def _hooks(host) -> Hooks:

@@ -4,8 +4,9 @@
 ``aten.batch_norm(..., training=False, ...)``, and ``ep.module().train()`` raises
 ``NotImplementedError`` ("Calling train() is not supported yet"). torchao's
 ``move_exported_model_to_train`` rewrites the same ops by pattern matching; flipping the one
-boolean argument in place does the same without a dependency, and :meth:`GraphMode.eval`
-undoes it exactly, so the graph handed to later passes is the eval graph again.
+boolean argument in place does the same without a dependency, and
+:meth:`GraphMode.evaluating` undoes it exactly, so the graph handed to later passes is the
+eval graph again.
 """
 
 from __future__ import annotations

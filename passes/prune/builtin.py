@@ -15,3 +15,12 @@ BUILTIN_PRUNERS = {**POINTWISE_PRUNERS, **SHAPE_PRUNERS, **LAYER_PRUNERS}
 def fxopt_register_layer_pruners(registry) -> None:
     for name, pruner in BUILTIN_PRUNERS.items():
         registry.register(name, pruner)
+
+
+@hookimpl
+def fxopt_add_hookspecs(host) -> None:
+    """This package owns its extension point: its hooks, and the ``layer_pruners`` registry."""
+    from . import hookspecs
+
+    host.add_hookspecs(hookspecs)
+    host.add_registry("layer_pruners", "layer pruner", "fxopt_register_layer_pruners")

@@ -43,7 +43,7 @@ class StructuredPrune(Pass):
         config: PruneConfig = self.config  # type: ignore[assignment]
         if DeadCodeElimination().run(ir, ctx).modified:
             ir.invalidate()
-        table = PrunerTable.from_registry(ctx.plugins.layer_pruners) if ctx.plugins else None
+        table = PrunerTable.from_registry(ctx.plugins.layer_pruners)
         deps: DependencyGraph = ir.analysis(ChannelDependencies.using(table))
         ratios = config.ratios()
         ignored = _ignored(deps.groups, config.ignore, ctx)

@@ -24,7 +24,6 @@ from torch.fx import GraphModule
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
-from fxopt.engine.registry import Registry
 
 from .cache import Calibration, CalibrationCache, cache_key
 from .calibrate import (
@@ -38,7 +37,7 @@ from .calibrate import (
 from .channel_stats import channel_absmax
 from .config import Int8Config
 from .graph_edit import module_name
-from .observers import BUILTIN_OBSERVERS, ObserverOptions
+from .observers import ObserverOptions
 from .op_kinds import Scales, candidates, kind_of
 from .outliers import (
     copies_needed,
@@ -280,11 +279,7 @@ def _matches_any(pattern: str, names: Sequence[str]) -> bool:
 def _observers(config: Int8Config, ctx: PassContext, label: str) -> Callable[[str], Any]:
     """``module name -> observer constructor``; one constructor object per observer name,
     so ops reading the same tensor share one observer."""
-    registry = getattr(ctx.plugins, "observers", None) if ctx.plugins is not None else None
-    if registry is None:
-        registry = Registry("observer")
-        for name, factory in BUILTIN_OBSERVERS.items():
-            registry.register(name, factory)
+    registry = ctx.plugins.observers
     options = ObserverOptions(percentile=config.percentile)
     wanted = {"observer": config.observer} | {
         f"observer_overrides.{p}": name for p, name in config.observer_overrides.items()

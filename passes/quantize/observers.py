@@ -81,3 +81,12 @@ BUILTIN_OBSERVERS: dict[str, ObserverFactory] = {
 def fxopt_register_observers(registry) -> None:
     for name, factory in BUILTIN_OBSERVERS.items():
         registry.register(name, factory)
+
+
+@hookimpl
+def fxopt_add_hookspecs(host) -> None:
+    """This package owns its extension point: its hooks, and the ``observers`` registry."""
+    from . import hookspecs
+
+    host.add_hookspecs(hookspecs)
+    host.add_registry("observers", "observer", "fxopt_register_observers")

@@ -14,8 +14,8 @@ from fxopt.engine.backend import Artifact
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
-from fxopt.plugins.ort_backend import OnnxRuntimeBackend, OrtOptions
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions
+from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions
 from tests.graphs import capture_model, capture_module
 
 

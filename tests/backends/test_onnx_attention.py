@@ -9,10 +9,10 @@ import torch
 
 from fxopt.engine.capture import capture
 from fxopt.engine.loading import LoadedModel
-from fxopt.engine.onnx_attention import attention, mask_bias, rewrite_attention
-from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from fxopt.plugins.onnx.attention import attention, mask_bias, rewrite_attention
+from fxopt.plugins.onnx.export import export_onnx
 from tests.passes.prune_models import tiny_bert
 
 LAYERS = 3

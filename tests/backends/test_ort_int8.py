@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
-from fxopt.plugins.ort_backend import OnnxRuntimeBackend
-from fxopt.plugins.ort_qdq import FUSED_MATMUL_OPS, rewrite_for_ort
+from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend
+from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS, rewrite_for_ort
 from tests.graphs import capture_model
 from tests.passes.quantize_support import TwoBranch, batches, context, make_ir
 

@@ -17,16 +17,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fxopt.engine.console import Output
 from fxopt.engine.errors import BackendUnavailableError, RecipeError
-from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange, parse_recipe
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastFP16
-from fxopt.plugins import tensorrt_backend
-from fxopt.plugins.tensorrt_backend import TensorRTBackend, TensorRTOptions
-from fxopt.plugins.trt_build import EngineBuildError, build_engine, build_spec
-from fxopt.plugins.trt_compat import check_model, load_table
-from fxopt.plugins.trt_profiles import (
+from fxopt.plugins.onnx.export import export_onnx
+from fxopt.plugins.tensorrt import backend as tensorrt_backend
+from fxopt.plugins.tensorrt.backend import TensorRTBackend, TensorRTOptions
+from fxopt.plugins.tensorrt.build import EngineBuildError, build_engine, build_spec
+from fxopt.plugins.tensorrt.compat import check_model, load_table
+from fxopt.plugins.tensorrt.profiles import (
     ShapeRange,
     check_covered,
     compute_profiles,

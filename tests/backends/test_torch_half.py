@@ -16,8 +16,8 @@ from fxopt.engine.loading import LoadOptions
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange, parse_recipe
 from fxopt.passes.cast import CastBF16, CastFP16
-from fxopt.plugins.hf_loader import HuggingFaceLoader
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions, on_device
+from fxopt.plugins.huggingface.loader import HuggingFaceLoader
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, on_device
 
 
 def named_devices(module: torch.fx.GraphModule) -> list[str]:

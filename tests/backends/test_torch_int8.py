@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
-from fxopt.plugins.torch_backend import TorchBackend, TorchOptions
-from fxopt.plugins.torch_int8 import activations_to_uint8, is_quantized
+from fxopt.plugins.torch.backend import TorchBackend, TorchOptions
+from fxopt.plugins.torch.int8 import activations_to_uint8, is_quantized
 from tests.passes.quantize_support import TwoBranch, batches, context, make_ir
 
 
@@ -50,7 +50,7 @@ def test_pt2_loads_in_a_fresh_process(quantized, tmp_path):
         from pathlib import Path
         import numpy as np
         from fxopt.engine.backend import Artifact
-        from fxopt.plugins.torch_backend import TorchBackend, TorchOptions
+        from fxopt.plugins.torch.backend import TorchBackend, TorchOptions
         artifact = Artifact.from_json({artifact.to_json()!r})
         runner = TorchBackend(TorchOptions(onnx=False)).load(Path({str(tmp_path)!r}), artifact)
         print(runner.run({{"x": np.ones((2, 8), np.float32)}})[0].shape)

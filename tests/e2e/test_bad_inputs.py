@@ -236,7 +236,7 @@ def test_missing_data_file(capsys, tmp_path, tiny_bert_dir):
 
 
 def test_ctrl_c_leaves_nothing_behind(capsys, monkeypatch, tiny_recipe, tiny_bert_dir, tmp_path):
-    from fxopt.plugins import ort_backend
+    from fxopt.plugins.onnxruntime import backend as ort_backend
 
     def interrupted(self, ir, out_dir):
         (out_dir / "model.onnx").write_text("half")

@@ -23,7 +23,8 @@ def test_json_mode_prints_only_the_report(capsys, tiny_recipe, tiny_bert_dir, tm
 
 
 def test_quiet_mode_prints_nothing(capsys, tiny_recipe, tiny_bert_dir, tmp_path):
-    result = run_cli(capsys, tiny_recipe, tiny_bert_dir, "-o", tmp_path / "out", "-q")
+    # ``optimize run RECIPE`` is ``optimize RECIPE``, the form every other test uses
+    result = run_cli(capsys, "run", tiny_recipe, tiny_bert_dir, "-o", tmp_path / "out", "-q")
     assert (result.code, result.out, result.err) == (0, "", "")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from fxopt.plugins.trt_compat import check_model
-from fxopt.plugins.trt_profiles import compute_profiles
+from fxopt.plugins.tensorrt.compat import check_model
+from fxopt.plugins.tensorrt.profiles import compute_profiles
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import write_recipe
 

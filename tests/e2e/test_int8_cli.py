@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from fxopt.engine.errors import EXIT_BUDGET, EXIT_USAGE
-from fxopt.plugins.ort_qdq import FUSED_MATMUL_OPS
+from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import write_recipe
 

@@ -196,7 +196,8 @@ def test_a_builtin_name_must_be_a_plain_name(capsys, tmp_path):
 
 
 def test_a_builtin_model_without_scikit_learn(capsys, tmp_path, monkeypatch):
-    from fxopt.plugins import builtin_models, datasets
+    from fxopt.plugins.data import builtin_models
+    from fxopt.plugins.data import sources as datasets
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
@@ -224,8 +225,8 @@ def test_the_example_saves_the_builtin_model(tmp_path):
 
     import numpy as np
 
-    from fxopt.plugins.builtin_models import build_model
-    from fxopt.plugins.datasets import digits_arrays
+    from fxopt.plugins.data.builtin_models import build_model
+    from fxopt.plugins.data.sources import digits_arrays
 
     script = ROOT / "examples" / "digits" / "digits_model.py"
     spec = importlib.util.spec_from_file_location("digits_model_example", script)

@@ -234,7 +234,7 @@ def test_a_signal_leaves_nothing_behind(tmp_path, tiny_bert_dir, signum):
 def test_disk_full_while_lowering_is_one_clean_message(capsys, recipe, model_copy, tmp_path):
     import errno
 
-    from fxopt.plugins import ort_backend
+    from fxopt.plugins.onnxruntime import backend as ort_backend
 
     def full(ir, path, **kwargs):
         Path(path).write_bytes(b"partial")

@@ -189,7 +189,7 @@ def context(calibration: list | None = None, plugins=None) -> PassContext:
         evaluate=lambda ir: {},
         cache_dir=Path("/nonexistent"),
         output=Recorder(),
-        plugins=plugins,
+        **({"plugins": plugins} if plugins is not None else {}),
     )
 
 

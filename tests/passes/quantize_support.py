@@ -95,7 +95,7 @@ def context(
     def evaluate(candidate: ModelIR) -> dict[str, float]:
         with torch.no_grad():
             got = [[t.float().numpy() for t in candidate.module(b["x"])] for b in check]
-        return compare(reference, got, [None] * len(check), "generic")
+        return compare(reference, got, [None] * len(check))
 
     recipe = Recipe(verify=verify or VerifySection())
     data = calibration if calibration is not None else batches(features)

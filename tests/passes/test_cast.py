@@ -22,7 +22,7 @@ from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastBF16, CastConfig, CastFP16
 from fxopt.passes.cast.rewrite import CAST, PRECISION_KEY
 from fxopt.passes.cast.support import check_dtype_supported
-from fxopt.plugins.hf_loader import HuggingFaceLoader
+from fxopt.plugins.huggingface.loader import HuggingFaceLoader
 
 torch.set_num_threads(2)
 
@@ -335,7 +335,7 @@ def test_bf16_refused_on_a_gpu_without_it(monkeypatch):
 
 def test_minilm_fp16_keeps_pooled_cosine(minilm_dir, tmp_path):
     """Real MiniLM, real sentences: fp16 (computed in fp16 by torch on the CPU) vs fp32."""
-    from fxopt.plugins.datasets import stdlib_sentences
+    from fxopt.plugins.data.sources import stdlib_sentences
 
     loaded = HuggingFaceLoader().load(minilm_dir, LoadOptions(task="sentence-embedding"))
     loaded.dims = {"batch": DimRange(min=1, opt=8, max=64), "sequence": DimRange(min=2, max=512)}

@@ -10,7 +10,7 @@ import torch
 
 from fxopt.passes.finetune.modes import GraphMode
 from fxopt.passes.finetune.schedule import lr_factor
-from fxopt.plugins.datasets import stdlib_sentences
+from fxopt.plugins.data.sources import stdlib_sentences
 from tests.conftest import write_recipe
 from tests.passes.finetune_support import (  # noqa: F401  (fixtures)
     digits_dir,

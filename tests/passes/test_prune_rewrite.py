@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.prune.config import PruneConfig
 from fxopt.passes.prune.structured import StructuredPrune
+from fxopt.plugins.onnx.export import export_onnx
 from tests.passes.prune_models import (
     BATCH,
     SEQUENCE,

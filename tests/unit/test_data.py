@@ -161,7 +161,7 @@ def test_synthetic_splits_differ(host, tmp_path):
 
 
 def test_stdlib_docstrings_are_real_sentences():
-    from fxopt.plugins.datasets import stdlib_sentences
+    from fxopt.plugins.data.sources import stdlib_sentences
 
     sentences = stdlib_sentences()
     assert len(sentences) > 500
@@ -208,7 +208,7 @@ def test_digits_shapes_dtypes_ranges_and_disjoint_slices(host, tmp_path):
 def test_digits_are_the_arrays_the_example_saves(host, tmp_path):
     """The same shuffle (seed 0) as ``digits_arrays()``, sliced as the ``npz`` source slices
     the file the example writes: both sources give identical batches."""
-    from fxopt.plugins.datasets import digits_arrays
+    from fxopt.plugins.data.sources import digits_arrays
 
     x, labels = digits_arrays()
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and labels.dtype == np.int64
@@ -265,7 +265,7 @@ def test_digits_feed_one_input(host, tmp_path):
 def test_digits_without_scikit_learn(host, tmp_path, monkeypatch):
     """scikit-learn is optional (``pip install 'fxopt[digits]'``): without it the source says
     which split needs it and how to install it."""
-    from fxopt.plugins import datasets
+    from fxopt.plugins.data import sources as datasets
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
@@ -284,7 +284,7 @@ def test_digits_without_scikit_learn(host, tmp_path, monkeypatch):
 
 
 def test_stdlib_sentences_are_disjoint_from_stdlib_docstrings(host, tmp_path):
-    from fxopt.plugins.datasets import split_sentences, stdlib_sentence_corpus, stdlib_sentences
+    from fxopt.plugins.data.sources import split_sentences, stdlib_sentence_corpus, stdlib_sentences
 
     corpus = stdlib_sentence_corpus()
     assert len(corpus) >= 5216  # what recipes/minilm-prune.toml fine-tunes on

@@ -9,17 +9,25 @@ from pathlib import Path
 import pytest
 
 from fxopt.engine import hookspecs
+from fxopt.engine.plugin_host import load_plugins
+from fxopt.passes.finetune import hookspecs as finetune_hookspecs
+from fxopt.passes.prune import hookspecs as prune_hookspecs
+from fxopt.passes.quantize import hookspecs as quantize_hookspecs
 from tests.cli import run_cli
 from tests.conftest import write_recipe
 from tests.fixtures.plugins import kitchen
 from tests.unit.test_plugins import with_entry_points
 
 ROOT = Path(__file__).resolve().parents[2]
-HOOKS = sorted(
-    name
-    for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+#: the engine's hooks and those the packages owning an extension point add
+SPEC_MODULES = (hookspecs, prune_hookspecs, quantize_hookspecs, finetune_hookspecs)
+SPECS = {
+    name: function
+    for module in SPEC_MODULES
+    for name, function in inspect.getmembers(module, inspect.isfunction)
     if name.startswith("fxopt_")
-)
+}
+HOOKS = sorted(SPECS)
 
 
 def test_there_are_hooks():
@@ -29,7 +37,7 @@ def test_there_are_hooks():
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_documented(hook):
     assert f"`{hook}(" in (ROOT / "docs" / "plugins.md").read_text(), f"document {hook}"
-    assert getattr(hookspecs, hook).__doc__, f"{hook} needs a docstring"
+    assert SPECS[hook].__doc__, f"{hook} needs a docstring"
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -69,6 +77,9 @@ def test_loader_dataset_backend_and_instrument_hooks(monkeypatch, capsys, tmp_pa
     report = json.loads(result.out)
     assert report["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 6]}]
     assert report["verify"]["metrics"]["samples"] == 6  # from the plugin's dataset
+    assert report["task"] == "thirdparty.scores"  # the plugin's task judged the artifact
+    assert report["verify"]["metrics"]["top1_agreement"] == 1.0
+    assert report["verify"]["metrics"]["score_spread"] < 1e-5
     assert report["artifacts"]["backend"] == "thirdparty.eager"
     assert report["model"]["params_after"] == 6 * 12 + 12 + 12 * 3 + 3
     assert kitchen.SEEN == ["cleanup.dce"]  # the plugin's instrument saw the pass
@@ -80,8 +91,6 @@ def test_loader_dataset_backend_and_instrument_hooks(monkeypatch, capsys, tmp_pa
 
 
 def test_observer_hook_registers_with_its_origin(monkeypatch):
-    from fxopt.engine.plugin_host import load_plugins
-
     with_entry_points(monkeypatch, kitchen="tests.fixtures.plugins.kitchen")
     host = load_plugins()
     assert "[kitchen]" in host.observers.entry("thirdparty.minmax").origin

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 
 import pytest
 
-from fxopt.engine import plugin_host
+from fxopt.engine import hookimpl, hookspecs, plugin_host
 from fxopt.engine.errors import PluginError
+from fxopt.engine.hookspecs import hookspec
 from fxopt.engine.plugin_host import load_plugins
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import TINY_RECIPE, write_recipe
@@ -135,3 +137,56 @@ def test_tracing(monkeypatch, capsys):
     load_plugins()
     err = capsys.readouterr().err
     assert "fxopt plugins: fxopt_register_passes [builtin-passes]" in err
+
+
+class _WidgetSpecs:
+    @hookspec
+    def thirdparty_register_widgets(registry):
+        """Register widgets."""
+
+
+class _WidgetUser:
+    @hookimpl
+    def thirdparty_register_widgets(registry):
+        registry.register("gear", 42)
+
+
+class _WidgetOwner:
+    @hookimpl
+    def fxopt_add_hookspecs(host):
+        host.add_hookspecs(_WidgetSpecs)
+        host.add_registry("widgets", "widget", "thirdparty_register_widgets")
+
+
+def test_fxopt_add_hookspecs_declares_a_registry_without_editing_the_engine():
+    host = load_plugins(entry_points=False)
+    host.register(_WidgetUser, name="user")  # before the owner: filled when it arrives
+    host.register(_WidgetOwner, name="owner")
+    host.pm.check_pending()
+    assert host.widgets.get("gear") == 42
+    assert host.widgets.entry("gear").origin == "user"
+    with pytest.raises(AttributeError, match="no registry 'gadgets'"):
+        host.gadgets  # noqa: B018
+
+
+def test_package_registries_come_from_their_packages():
+    host = load_plugins()
+    assert {"attacks", "layer_pruners", "observers"} <= set(host.registries())
+    assert "pgd" in host.attacks and "minmax" in host.observers
+    assert "fxopt_register_attacks" not in vars(hookspecs)  # declared by finetune itself
+
+
+def test_fxopt_check_is_answered_by_the_backends_plugin(capsys, monkeypatch, tmp_path):
+    with_entry_points(monkeypatch, kitchen="tests.fixtures.plugins.kitchen")
+    recipe = write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))
+    result = run_cli(capsys, "check", recipe, "--backend", "thirdparty.eager")
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == {
+        "backend": "thirdparty.eager",
+        "recipe": str(recipe),
+        "ok": True,
+    }
+    result = run_cli(capsys, "check", recipe, "--backend", "onnxruntime")
+    assert_clean_failure(
+        result, 2, "--backend", "no installed plugin has a pre-flight check for backend"
+    )

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from fxopt.engine.onnx_export import save_onnx
+from fxopt.plugins.onnx.export import save_onnx
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: ONNX Runtime fusions to turn off for Q/DQ graphs: MatMulAddFusion folds a 2-D MatMul + Add
@@ -250,11 +250,6 @@ def _activations_to_uint8(graph: onnx.GraphProto) -> int:
         if value.name in retyped:
             value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     return moved
-
-
-def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many nodes of each op type an (ONNX Runtime optimized) model holds."""
-    return dict(collections.Counter(n.op_type for n in model.graph.node))
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

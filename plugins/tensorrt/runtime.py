@@ -17,7 +17,7 @@ import torch
 from fxopt.engine.backend import Runner
 from fxopt.engine.specs import InputSpec
 
-from .trt_profiles import Profile, check_covered
+from .profiles import Profile, check_covered
 
 #: TensorRT ``DataType`` member name -> torch dtype
 TORCH_DTYPES = {

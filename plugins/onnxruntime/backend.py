@@ -19,9 +19,9 @@ from fxopt.engine import hookimpl
 from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.onnx_export import export_onnx
+from fxopt.plugins.onnx.export import export_onnx
 
-from .ort_qdq import (
+from .qdq import (
     DISABLED_OPTIMIZERS,
     finish_optimized,
     float_op_warnings,
@@ -78,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         files = export_onnx(ir, out_dir / "model.onnx", opset=self.options.opset)
-        # a quantized graph: weights pre-transposed, uint8 activations (see ort_qdq)
+        # a quantized graph: weights pre-transposed, uint8 activations (see .qdq)
         qdq = rewrite_file(out_dir / "model.onnx")
         files = [f for f in dict.fromkeys([*files, "model.onnx.data"]) if (out_dir / f).exists()]
         options = self._session_options()

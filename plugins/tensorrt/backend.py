@@ -3,7 +3,7 @@
 Precision is what the graph says (``cast.fp16`` / ``cast.bf16`` casts, ``quantize.int8`` Q/DQ):
 the network is created ``STRONGLY_TYPED``, so no builder flag picks precisions behind the
 graph's back (TensorRT 10.1 deprecated and 11 removed those flags and the int8 calibrators).
-Before the build, the static checker of :mod:`.trt_compat` names every node TensorRT's parser
+Before the build, the static checker of :mod:`.compat` names every node TensorRT's parser
 would refuse. ``tensorrt`` is imported only when a build or a run needs it
 (``pip install 'fxopt[tensorrt]'``); without it, or without a GPU, choosing this backend fails
 at validation time with what to install.
@@ -33,13 +33,13 @@ from fxopt.engine import hookimpl
 from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from fxopt.plugins.onnx.export import export_onnx
 
-from .trt_build import EngineBuildError, build_engine, build_spec
-from .trt_compat import check_model
-from .trt_profiles import Profile, compute_profiles, ir_dims, profiles_from_json
+from .build import EngineBuildError, build_engine, build_spec
+from .compat import check_model
+from .profiles import Profile, compute_profiles, ir_dims, profiles_from_json
 
 #: strong typing and ``execute_async_v3`` arrived in TensorRT 10
 MIN_VERSION = (10, 0)
@@ -123,7 +123,7 @@ class TensorRTBackend(Backend):
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
-        from .trt_runtime import TensorRTRunner
+        from .runtime import TensorRTRunner
 
         specs = [
             InputSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in artifact.info["inputs"]
@@ -152,3 +152,13 @@ def _spec_json(spec: InputSpec) -> dict[str, Any]:
 @hookimpl
 def fxopt_register_backends(registry) -> None:
     registry.register(TensorRTBackend.name, TensorRTBackend)
+
+
+@hookimpl
+def fxopt_check(backend, recipe, model_dir, host, output, as_json):
+    """``optimize check``: the static TensorRT pre-flight (see :mod:`.preflight`)."""
+    if backend != TensorRTBackend.name:
+        return None
+    from .preflight import preflight
+
+    return preflight(recipe, model_dir, output=output, as_json=as_json, host=host)

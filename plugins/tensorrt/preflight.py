@@ -3,7 +3,7 @@
 It does everything a run does up to lowering (load, capture, the recipe's passes), exports the
 ONNX a TensorRT build would parse into a temporary directory, and reports what the build
 would see: ops and counts, the precision each op runs in, the casts, the optimization profiles
-and every problem the static checker (:mod:`.trt_compat`) finds, each naming its node. Exit
+and every problem the static checker (:mod:`.compat`) finds, each naming its node. Exit
 code 0 when TensorRT should build the model, 2 when it would not.
 """
 
@@ -20,13 +20,13 @@ from rich.table import Table
 
 from fxopt.engine.console import Output
 from fxopt.engine.errors import EXIT_OK, EXIT_USAGE
-from fxopt.engine.onnx_export import export_onnx
 from fxopt.engine.pipeline import Prepared, prepare
 from fxopt.engine.plugin_host import PluginHost
+from fxopt.plugins.onnx.export import export_onnx
 
-from .tensorrt_backend import TensorRTBackend, TensorRTOptions
-from .trt_compat import CompatReport, check_model
-from .trt_profiles import compute_profiles
+from .backend import TensorRTBackend, TensorRTOptions
+from .compat import CompatReport, check_model
+from .profiles import compute_profiles
 
 
 def preflight(

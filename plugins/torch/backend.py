@@ -2,7 +2,7 @@
 
 With ``compile = true`` the runner hands the loaded program to ``torch.compile`` (inductor,
 with weight freezing, which is what lets oneDNN's int8 kernels take over quantized graphs on
-x86; see ``torch_int8`` for what a Q/DQ graph gets first). A quantized graph is compiled with
+x86; see :mod:`.int8` for what a Q/DQ graph gets first). A quantized graph is compiled with
 static shapes, once per input shape, starting at load time with the captured example shape.
 ``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
 """
@@ -19,9 +19,9 @@ from fxopt.engine import hookimpl
 from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.onnx_export import export_onnx
+from fxopt.plugins.onnx.export import export_onnx
 
-from .torch_int8 import activations_to_uint8, is_quantized, register_quantized_ops
+from .int8 import activations_to_uint8, is_quantized, register_quantized_ops
 
 
 class TorchOptions(BackendOptions):

@@ -1,6 +1,6 @@
 """Lowering to ONNX: re-export the IR with its dynamic axes, then name the axes.
 
-Attention is rewritten for ONNX Runtime first (:mod:`.onnx_attention`). The dynamo exporter
+Attention is rewritten for ONNX Runtime first (:mod:`.attention`). The dynamo exporter
 names dynamic dimensions after its symbols (``s18``); we rename them to
 the recipe's axis names (``batch``, ``sequence``) so the ONNX model, ORT and TensorRT profiles
 speak the same language as the recipe. Weights go to external data next to ``model.onnx``.
@@ -21,9 +21,10 @@ import onnx
 import torch
 from torch import fx
 
-from .errors import FxoptError
-from .ir import ModelIR
-from .onnx_attention import rewrite_attention
+from fxopt.engine.errors import FxoptError
+from fxopt.engine.ir import ModelIR
+
+from .attention import rewrite_attention
 
 
 class OnnxExportError(FxoptError):
@@ -32,7 +33,7 @@ class OnnxExportError(FxoptError):
 
 def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[str]:
     """Write ``path`` (+ ``path.data``) and return the file names written. Attention is
-    written as plain math first (:mod:`.onnx_attention`), on a copy of the graph."""
+    written as plain math first (:mod:`.attention`), on a copy of the graph."""
     # the rewrite edits a copy of the graph; the copy shares the IR's parameters
     lowered = fx.GraphModule(ir.module, copy.deepcopy(ir.module.graph))
     module = lowered if rewrite_attention(lowered) else ir.module

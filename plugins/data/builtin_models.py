@@ -36,7 +36,7 @@ from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import BUILTIN_SUFFIX, LoadedModel, Loader, LoadOptions, builtin_name
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
-from fxopt.plugins.datasets import digits_arrays
+from fxopt.plugins.data.sources import digits_arrays
 
 #: images ``digits-cnn`` trains on (the fine-tune slice of ``recipes/digits-adversarial.toml``)
 TRAIN = 1280

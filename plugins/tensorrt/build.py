@@ -18,7 +18,7 @@ from typing import Any
 
 from fxopt.engine.errors import FxoptError
 
-from .trt_profiles import Profile, profiles_to_json
+from .profiles import Profile, profiles_to_json
 
 MIB = 2**20
 

@@ -4,7 +4,7 @@ Three families of rules, each reported as a :class:`Problem` that names the node
 
 - **ops**: every node's op is one TensorRT's ONNX parser supports, on the tensor type it gets,
   with the inputs its restrictions want constant (``Slice``'s ``axes``...), in an opset the
-  parser reads. The table is data: ``trt_onnx_ops.json`` (its ``source`` says which
+  parser reads. The table is data: ``onnx_ops.json`` (its ``source`` says which
   onnx-tensorrt release it was taken from). TensorRT has no fallback: one unsupported node
   fails the whole build.
 - **Q/DQ** (explicit quantization): zero points are 0 (symmetric), the quantized type is
@@ -31,9 +31,9 @@ from onnx import numpy_helper
 
 from fxopt.engine.specs import InputSpec
 
-from .trt_profiles import Profile, offending_axis, profiles_to_json, uncovered
+from .profiles import Profile, offending_axis, profiles_to_json, uncovered
 
-TABLE = Path(__file__).with_name("trt_onnx_ops.json")
+TABLE = Path(__file__).with_name("onnx_ops.json")
 
 #: ONNX TensorProto element type -> the names the TensorRT table uses
 TYPE_NAMES = {

@@ -1,0 +1,29 @@
+"""The engine is the core: it imports nothing from the built-in passes or plugins, which
+reach it only through the hooks a third party uses too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ENGINE = Path(__file__).resolve().parents[2] / "engine"
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_engine_imports_no_pass_and_no_plugin():
+    offenders = {
+        path.name: sorted(
+            m for m in imported_modules(path) if m.startswith(("fxopt.passes", "fxopt.plugins"))
+        )
+        for path in sorted(ENGINE.glob("*.py"))
+    }
+    assert {name: mods for name, mods in offenders.items() if mods} == {}
