@@ -16,6 +16,7 @@ checked before any work starts, from the paths alone:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -188,11 +189,19 @@ def _files(directory: Path) -> list[str]:
     ]
 
 
-def _listing(directory: Path) -> str:
-    files = _files(directory)
-    names = sorted({name.split("/", 1)[0] for name in files})
+def _listing(directory: Path, limit: int = 10_000) -> str:
+    """What deleting ``directory`` would lose, counted up to ``limit`` files (a home directory
+    named by mistake must not take minutes to describe)."""
+    names = sorted(p.name for p in directory.iterdir())
+    count = 0
+    for _ in itertools.islice(
+        (p for p in directory.rglob("*") if p.is_file() or p.is_symlink()), limit
+    ):
+        count += 1
     shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
-    return f"{len(files)} file(s): {shown}" if files else "an empty directory"
+    if not names:
+        return "an empty directory"
+    return f"{'more than ' if count >= limit else ''}{count:,} file(s): {shown}"
 
 
 def _resolved(path: Path) -> Path:
