@@ -37,6 +37,7 @@ from .loading import resolve_model
 from .output_guard import (
     Protected,
     Seen,
+    check_depfile,
     check_parent,
     check_placement,
     check_replaceable,
@@ -469,7 +470,13 @@ def plan_build(
     target = options.out_dir or Path(f"{recipe.label.removesuffix('.toml')}-out")
     location = locate(options.cache_dir)
     inputs = model_files(model_path)
-    check_placement(target, protected_paths(recipe, model_path, location.path))
+    protected = protected_paths(recipe, model_path, location.path)
+    check_placement(target, protected, what="output directory")
+    if options.depfile is not None:
+        check_placement(options.depfile, protected, flag="--depfile", what="depfile")
+        check_depfile(options.depfile)
+    if options.dump_ir is not None:
+        check_placement(options.dump_ir, protected, flag="--dump-ir", what="IR dump directory")
     check_parent(target, needed_bytes(inputs))
     # --dump-ir asks to watch the passes run: an answer from the cache would show nothing
     reuse = options.use_cache and options.dump_ir is None

@@ -53,12 +53,15 @@ class Seen:
     manifest_digest: str | None = None
 
 
-def check_placement(target: Path, protected: Iterable[Protected]) -> None:
-    """Refuse an ``-o`` that is, contains or (for whole trees) sits inside a protected path."""
+def check_placement(
+    target: Path, protected: Iterable[Protected], *, flag: str = "-o", what: str = "output"
+) -> None:
+    """Refuse a path fxopt would write (``-o``, ``--depfile``, ``--dump-ir``) that is,
+    contains or (for whole trees) sits inside a protected path."""
     resolved = _resolved(target)
     if resolved == Path(resolved.anchor):
         raise OutputError(
-            "the output cannot be a file-system root", file=target, fix="choose another -o"
+            f"the {what} cannot be a file-system root", file=target, fix=f"choose another {flag}"
         )
     for item in protected:
         path = _resolved(item.path)
@@ -71,10 +74,27 @@ def check_placement(target: Path, protected: Iterable[Protected]) -> None:
         else:
             continue
         raise OutputError(
-            f"the output directory {why}; fxopt never writes over its own inputs",
+            f"the {what} {why}; fxopt never writes over its own inputs",
             file=target,
-            field="-o",
-            fix="choose an -o outside the model, the recipe's folder, the data and the cache",
+            field=flag,
+            fix=f"choose a {flag} outside the model, the recipe's folder, the data and the cache",
+        )
+
+
+def check_depfile(path: Path) -> None:
+    """An existing ``--depfile`` is replaced only when it is a depfile fxopt wrote."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if path.is_symlink() or not path.is_file() or not first.rstrip(" \\").endswith("manifest.json:"):
+        raise OutputError(
+            "the depfile path holds something that is not a depfile fxopt wrote",
+            file=path,
+            field="--depfile",
+            fix="choose another --depfile, or remove that file yourself",
         )
 
 

@@ -265,3 +265,32 @@ def test_disk_full_on_the_cache_costs_only_the_cache(
     assert "could not keep the output in the cache" in " ".join(result.err.split())
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert not list((tmp_path / "cache" / "outputs").iterdir())  # no half-written entry
+
+
+def test_depfile_and_ir_dump_never_write_over_inputs(capsys, recipe, model_copy, tmp_path):
+    config = (model_copy / "config.json").read_text()
+    result = run_cli(
+        capsys, recipe, model_copy, "-o", tmp_path / "out", "--depfile", model_copy / "config.json"
+    )
+    assert_clean_failure(result, EXIT_USAGE, "--depfile", "the depfile sits inside the model")
+    assert (model_copy / "config.json").read_text() == config
+
+    mine = tmp_path / "notes.d"
+    mine.write_text("my own notes")
+    result = run_cli(capsys, recipe, model_copy, "-o", tmp_path / "out", "--depfile", mine)
+    assert_clean_failure(result, EXIT_USAGE, "not a depfile fxopt wrote")
+    assert mine.read_text() == "my own notes"
+
+    result = run_cli(
+        capsys, recipe, model_copy, "-o", tmp_path / "out", "--dump-ir", model_copy / "ir"
+    )
+    assert_clean_failure(result, EXIT_USAGE, "--dump-ir", "sits inside the model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_depfile_fxopt_wrote_is_rewritten(capsys, recipe, model_copy, tmp_path):
+    depfile = tmp_path / "out.d"
+    for _ in range(2):
+        result = run_cli(capsys, recipe, model_copy, "-o", tmp_path / "out", "--depfile", depfile)
+        assert result.code == 0, result.err
+    assert depfile.read_text().split("\n", 1)[0].endswith("manifest.json: \\")
