@@ -89,7 +89,11 @@ def check_depfile(path: Path) -> None:
         first = path.read_text(encoding="utf-8").split("\n", 1)[0]
     except (OSError, UnicodeDecodeError):
         first = ""
-    if path.is_symlink() or not path.is_file() or not first.rstrip(" \\").endswith("manifest.json:"):
+    if (
+        path.is_symlink()
+        or not path.is_file()
+        or not first.rstrip(" \\").endswith("manifest.json:")
+    ):
         raise OutputError(
             "the depfile path holds something that is not a depfile fxopt wrote",
             file=path,

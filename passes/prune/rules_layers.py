@@ -205,7 +205,7 @@ class ScaledDotProductAttention(LayerPruner):
 
     Heads of q, k, v and the output are one axis; head_dim stays whole (the default scale is
     ``1/sqrt(head_dim)``, and heads are the unit worth removing). Grouped-query attention
-    (fewer k/v heads) is left alone.
+    (fewer k/v heads, ``enable_gqa``) is left alone, as ``heads`` groups that say why.
     """
 
     def relate(self, node: fx.Node, dims: DimRecorder) -> None:
@@ -217,8 +217,11 @@ class ScaledDotProductAttention(LayerPruner):
             return
         heads = [dims.axis(t, -3) for t in (q, k, v, node)]
         if node.kwargs.get("enable_gqa") or len({dims.size(h) for h in heads}) != 1:
+            # the GQA form of SDPA: k, v have fewer heads, each shared by a group of q's
+            what = f"{dims.size(heads[0])} query heads share {dims.size(heads[1])} key/value heads"
             for h in heads:
-                dims.unsafe(h, "grouped-query attention")
+                dims.unsafe(h, f"grouped-query attention: {what}; pruning it is not supported yet")
+                dims.tag(h, "heads")
         else:
             dims.same(*heads)
             dims.tag(heads[0], "heads")

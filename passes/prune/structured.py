@@ -9,15 +9,20 @@ and record the new sizes in the model's config (:mod:`.hf_config`) so the ``conf
 written with the output describes the pruned model.
 
 Groups the analysis cannot prove safe are never pruned; they are listed in the metrics under
-``left_alone`` with the reason. Recover accuracy afterwards with the ``finetune`` pass
-(``objective = "distill"`` learns the unpruned model's outputs).
+``left_alone`` with the reason, as are the groups of a Hugging Face model whose size its
+``config.json`` has no place for (a classifier's pooler width): a config that does not describe
+the weights is a broken output, so such groups stay whole, and a size that still cannot be
+written fails the pass. A kind the recipe asks for that removes nothing is a warning (console
+and ``metrics["warnings"]``); a run that would remove nothing at all is an error. Recover
+accuracy afterwards with the ``finetune`` pass (``objective = "distill"`` learns the unpruned
+model's outputs).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from fxopt.engine.errors import RecipeError
+from fxopt.engine.errors import PassError, RecipeError
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 
@@ -25,7 +30,7 @@ from . import reconstruct
 from .config import PruneConfig
 from .graph import ChannelDependencies, DependencyGraph
 from .group import Group
-from .hf_config import updated_config
+from .hf_config import KEYS, config_sizes, refused_by_transformers, unexpressed, updated_config
 from .importance import magnitude, removal_energy, taylor
 from .pruners import PrunerTable
 from .rewrite import prune_in_place, reexport
@@ -47,37 +52,52 @@ class StructuredPrune(Pass):
         deps: DependencyGraph = ir.analysis(ChannelDependencies.using(table))
         ratios = config.ratios()
         ignored = _ignored(deps.groups, config.ignore, ctx)
-        targets = [g for g in deps.prunable if g.kind in ratios and g.name not in ignored]
+        # a Hugging Face model: groups its config.json cannot describe stay whole
+        whole = unexpressed(ir.meta.config, deps.groups, list(ratios)) if ir.meta.config else {}
+        targets = [
+            g
+            for g in deps.prunable
+            if g.kind in ratios and g.name not in ignored and g.id not in whole
+        ]
+        left_alone = _left_alone(deps, whole, ratios)
+        if not targets:  # before any scoring or calibration
+            _refuse_nothing(
+                _idle_kinds(config, deps.groups, [], left_alone, ignored), left_alone, ctx
+            )
         scores = self._scores(ir, deps, targets, ctx)
         decisions = select(targets, scores, ratios, round_to=config.round_to, scope=config.scope)
+        warnings: list[str] = []
         for decision in decisions:
             if decision.clamped:
-                ctx.output.warn(
+                warnings.append(
                     f"prune.structured: ratio {ratios[decision.group.kind]} would remove every "
                     f"unit of {decision.group.name}; keeping {len(decision.keep)}"
                 )
+        idle = _idle_kinds(config, deps.groups, decisions, left_alone, ignored)
         pruned = [d for d in decisions if d.removed]
+        if not pruned:
+            _refuse_nothing(idle, left_alone, ctx)
+        # a Hugging Face model's config.json, with the new sizes: refused before any work
+        # when it cannot describe the pruned model
+        new_config = self._config(ir.meta.config, deps.groups, decisions, whole, ctx)
+        warnings += [f"prune.structured: {line}" for line in idle]
+        for message in warnings:
+            ctx.output.warn(message)
         params_before = ir.parameter_count()
         refit: dict = {}
-        if pruned:
-            keep = {d.group.id: d.keep for d in pruned}
-            if config.reconstruct:
-                refit = self._reconstruction(ir, deps, keep, ctx)
-            prune_in_place(ir.module, deps, keep)
-            reconstruct.assign(ir.module, refit)
-            ir.module = reexport(ir)
-            if ir.meta.config:  # a Hugging Face model's config.json
-                ir.meta.config = self._config(ir.meta.config, deps.groups, decisions, ctx)
+        keep = {d.group.id: d.keep for d in pruned}
+        if config.reconstruct:
+            refit = self._reconstruction(ir, deps, keep, ctx)
+        prune_in_place(ir.module, deps, keep)
+        reconstruct.assign(ir.module, refit)
+        ir.module = reexport(ir)
+        ir.meta.config = new_config
         metrics = {
             "criterion": config.criterion,
             "params_before": params_before,
             "params_after": ir.parameter_count(),
             "pruned": _summary(decisions),
-            "left_alone": [
-                f"{g.name} ({g.kind}): {'; '.join(g.unsafe)}"
-                for g in deps.unproven
-                if g.kind in ratios
-            ],
+            "left_alone": [f"{g.name} ({g.kind}): {reason}" for g, reason in left_alone],
         }
         if config.reconstruct:
             metrics["reconstructed"] = sorted({name.rpartition(".")[0] for name in refit})
@@ -86,7 +106,9 @@ class StructuredPrune(Pass):
         clamped = [d.group.name for d in decisions if d.clamped]
         if clamped:
             metrics["clamped"] = clamped
-        return PassResult(ir, modified=bool(pruned), preserved=set(), metrics=metrics)
+        if warnings:
+            metrics["warnings"] = warnings
+        return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
 
     def _scores(self, ir, deps: DependencyGraph, targets: list[Group], ctx: PassContext):
         criterion = self.config.criterion  # type: ignore[attr-defined]
@@ -117,13 +139,29 @@ class StructuredPrune(Pass):
         return reconstruct.refit(ir.module, found, grams, reconstruct.DAMPING)
 
     @staticmethod
-    def _config(config, groups: list[Group], decisions: list[Decision], ctx) -> dict:
+    def _config(config, groups: list[Group], decisions: list[Decision], whole, ctx) -> dict:
+        if not config:
+            return config
         kept = {d.group.id: len(d.keep) for d in decisions}
-        # fixed groups (a model output, head_dim) are not layer sizes a config describes
-        sizes = [(g.kind, g.size, kept.get(g.id, g.size), g.unit) for g in groups if not g.fixed]
-        new, notes = updated_config(config, sizes)
-        for note in notes:
-            ctx.output.warn(f"prune.structured: {note}")
+        new, notes = updated_config(config, config_sizes(config, groups, kept, whole))
+        keys = sorted({k for kind in KEYS for k in KEYS[kind] if k in config})
+        where = {"file": ctx.recipe.label, "field": f"passes[{ctx.index}].config"}
+        if notes:
+            raise PassError(
+                "config.json cannot describe the pruned model: " + "; ".join(notes),
+                fix=f"leave those groups whole with `ignore` (config.json keys: "
+                f"{', '.join(keys) or 'none'}), or prune the model as a .pt2",
+                **where,
+            )
+        refused = refused_by_transformers(new)
+        if refused and not refused_by_transformers(config):
+            changed = {k: new[k] for k in new if new[k] != config.get(k)}
+            raise PassError(
+                f"transformers refuses config.json with the pruned sizes {changed}: {refused}",
+                fix="choose ratios whose sizes it accepts (heads: a count that divides "
+                "hidden_size, e.g. heads = 0.5 of 4), or leave those groups whole with `ignore`",
+                **where,
+            )
         return new
 
 
@@ -143,6 +181,72 @@ def _ignored(groups: list[Group], patterns: list[str], ctx: PassContext) -> set[
             )
         found |= matched
     return found
+
+
+def _left_alone(
+    deps: DependencyGraph, whole: dict[int, str], ratios: dict[str, float]
+) -> list[tuple[Group, str]]:
+    """Groups of the asked kinds that stay whole, with why: couplings the analysis could
+    not prove safe, and sizes config.json could not describe."""
+    unproven = {g.id for g in deps.unproven}
+    out = []
+    for group in deps.groups:
+        if group.kind not in ratios:
+            continue
+        if group.id in unproven:
+            out.append((group, "; ".join(group.unsafe)))
+        elif group.id in whole:
+            out.append((group, whole[group.id]))
+    return out
+
+
+def _idle_kinds(
+    config: PruneConfig,
+    groups: list[Group],
+    decisions: list[Decision],
+    left_alone: list[tuple[Group, str]],
+    ignored: set[str],
+) -> list[str]:
+    """One line per asked kind that removes nothing, saying why."""
+    lines = []
+    for kind, ratio in config.ratios().items():
+        if any(d.removed for d in decisions if d.group.kind == kind):
+            continue
+        explicit = getattr(config, kind) is not None
+        label = f"{kind} = {ratio}" if explicit else f"ratio = {ratio} ({kind} groups)"
+        alone = [f"{g.name}: {reason}" for g, reason in left_alone if g.kind == kind]
+        chosen = sorted({d.group.size for d in decisions if d.group.kind == kind})
+        if alone:
+            more = f" (and {len(alone) - 1} more)" if len(alone) > 1 else ""
+            lines.append(f"{label} pruned nothing: {kind} groups left alone: {alone[0]}{more}")
+        elif chosen:
+            lines.append(
+                f"{label} pruned nothing: it rounds to no unit of groups of {_span(chosen)}"
+            )
+        elif explicit and not any(g.kind == kind and g.name in ignored for g in groups):
+            lines.append(f"{label} pruned nothing: the model has no {kind} group")
+    return lines
+
+
+def _refuse_nothing(idle: list[str], left_alone: list[tuple[Group, str]], ctx) -> None:
+    """A run that asked for pruning and would ship the model unchanged is an error."""
+    reasons = " ".join(r for _, r in left_alone)
+    if "grouped-query attention" in reasons:
+        fix = (
+            "heads of grouped-query attention are not pruned yet: set `ffn` to prune the MLP "
+            "(gate/up/down), or drop this pass"
+        )
+    elif "config.json" in reasons:
+        fix = "prune a kind config.json can describe (`ffn`, `heads`), or drop this pass"
+    else:
+        fix = "set a larger ratio, or a kind the model has (`ffn`, `heads`, `conv`), or drop "
+        fix += "this pass; report.json lists the groups left alone and why"
+    raise PassError(
+        "nothing to prune: " + ("; ".join(idle) or "no group of the asked kinds"),
+        file=ctx.recipe.label,
+        field=f"passes[{ctx.index}].config",
+        fix=fix,
+    )
 
 
 def _summary(decisions: list[Decision]) -> dict[str, str]:

@@ -7,6 +7,11 @@ into int8 constants. Optional steps around it: the outlier-channel split before 
 accuracy-aware choice of float layers after it, and the calibration cache that skips the
 data entirely on a rerun. Backends lower the Q/DQ form: ONNX Runtime fuses it into int8
 MatMuls, the torch backend's inductor into oneDNN int8 kernels, TensorRT reads it as is.
+
+GPT-2's ``Conv1D`` layers (``addmm`` with an ``[in, out]`` weight) are rewritten to the
+linears they are before anything else (:mod:`.conv1d`). A graph in which no op of the selected
+kinds can take int8 is an error naming what the graph holds: the output would be the float
+model, not an int8 one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from torch.fx import GraphModule
 
-from fxopt.engine.errors import RecipeError
+from fxopt.engine.errors import PassError, RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
 
@@ -36,9 +41,10 @@ from .calibrate import (
 )
 from .channel_stats import channel_absmax
 from .config import Int8Config
+from .conv1d import matmuls_as_linears
 from .graph_edit import module_name
 from .observers import ObserverOptions
-from .op_kinds import Scales, candidates, kind_of
+from .op_kinds import Scales, candidates, kind_of, unsupported_reason
 from .outliers import (
     copies_needed,
     drop_outlier_masks,
@@ -61,7 +67,12 @@ class QuantizeInt8(Pass):
         batches = ctx.required_batches("calibration", self.name)
         import_torchao()
         base = ir.module
-        notes = _check_selection(base, config, label, ctx)
+        # GPT-2's Conv1D (addmm with an [in, out] weight) becomes the linear it is
+        rewritten = matmuls_as_linears(base) if "linear" in config.ops else []
+        warnings: list[str] = []
+        notes = _check_selection(base, config, label, ctx, warnings)
+        if rewritten:
+            notes["linears_from_matmul"] = rewritten
         observer_for = _observers(config, ctx, label)
         inputs = calibration_inputs(ir, batches, config.trim_padding)
         root = ctx.cache_dir / "calibration" if ctx.cache_dir is not None else None
@@ -84,7 +95,9 @@ class QuantizeInt8(Pass):
             converted = builder.build(calibration.scales, keep_float=set(calibration.float_layers))
         ir.module = converted.module
         for item in converted.quantizer.unsupported:
-            ctx.output.warn(f"{item.module or item.node} ({item.op}) stays in float: {item.reason}")
+            message = f"{item.module or item.node} ({item.op}) stays in float: {item.reason}"
+            ctx.output.warn(message)
+            warnings.append(message)
         timing = {
             "batches": len(inputs),
             "samples": sum(len(args[0]) for args in inputs),
@@ -93,6 +106,8 @@ class QuantizeInt8(Pass):
             "key": key[:16],
         }
         metrics = _metrics(config, converted, calibration, timing) | notes
+        if warnings:
+            metrics["warnings"] = warnings
         return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
 
     def _calibrate(
@@ -243,9 +258,10 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _check_selection(
-    gm: GraphModule, config: Int8Config, label: str, ctx: PassContext
+    gm: GraphModule, config: Int8Config, label: str, ctx: PassContext, warnings: list[str]
 ) -> dict[str, Any]:
-    """Refuse patterns that match nothing; note op kinds the graph does not have."""
+    """Refuse patterns that match nothing, and a graph with nothing to quantize; note (and
+    warn about) op kinds the graph does not have."""
     nodes = candidates(gm.graph.nodes, config.ops)
     names = [module_name(n) or n.name for n in nodes]
     for field, patterns in (
@@ -265,11 +281,60 @@ def _check_selection(
                     fix="patterns are fnmatch globs on these names ('*' crosses dots: "
                     "'*.output.dense' also matches 'attention.output.dense')",
                 )
+    _refuse_nothing_to_quantize(gm, config, nodes, label, ctx)
     found = {kind_of(n) for n in nodes}
     absent = [kind for kind in config.ops if kind not in found]
     for kind in absent:
-        ctx.output.warn(f"quantize.int8: the graph has no {kind} op to quantize")
+        message = f"quantize.int8: the graph has no {kind} op to quantize"
+        ctx.output.warn(message)
+        warnings.append(message)
     return {"absent_op_kinds": absent} if absent else {}
+
+
+#: ops worth naming when a graph has nothing of the selected kinds: where the compute is
+COMPUTE_OPS = ("linear", "addmm", "mm", "bmm", "matmul", "baddbmm", "conv", "einsum", "attention")
+
+
+def _refuse_nothing_to_quantize(
+    gm: GraphModule, config: Int8Config, nodes: list, label: str, ctx: PassContext
+) -> None:
+    """A run that asked for int8 and would get the float model back is an error, not a
+    pass: name what the graph holds instead, and the fix."""
+    skipped = [n for n in nodes if _matches(module_name(n), config.skip)]
+    reasons = Counter(
+        reason
+        for n in nodes
+        if n not in skipped and (reason := unsupported_reason(n, gm)) is not None
+    )
+    if len(nodes) > len(skipped) + sum(reasons.values()):
+        return  # at least one op gets int8
+    kinds = "/".join(config.ops)
+    holds = Counter(
+        str(n.target)
+        for n in gm.graph.nodes
+        if n.op == "call_function" and any(op in str(n.target) for op in COMPUTE_OPS)
+    )
+    parts = [f"nothing to quantize: no {kinds} op in the graph can take int8"]
+    if skipped:
+        parts.append(f"{len(skipped)} skipped by config.skip")
+    parts += [f"{count} stay float: {reason}" for reason, count in reasons.items()]
+    shown = ", ".join(f"{op} x {count}" for op, count in holds.most_common(8))
+    parts.append(f"the graph holds {shown or 'no matmul, linear or convolution'}")
+    fixes = []
+    other = sorted({k for n in gm.graph.nodes if (k := kind_of(n)) and k not in config.ops})
+    if other:
+        fixes.append("ops = [" + ", ".join(f'"{k}"' for k in other) + "] quantizes those")
+    if any("fold constants first" in r for r in reasons):
+        fixes.append("fold constants first (cleanup.constant_fold before this pass)")
+    if skipped:
+        fixes.append("narrow config.skip")
+    fixes.append("or drop this pass: the output would be the float model unchanged")
+    raise PassError(
+        "; ".join(parts),
+        file=label,
+        field=f"passes[{ctx.index}].config.ops",
+        fix="; ".join(fixes),
+    )
 
 
 def _matches_any(pattern: str, names: Sequence[str]) -> bool:

@@ -8,7 +8,8 @@ and both become easier to quantize per tensor / per channel. Linears reading the
 explicit ``mul(x, 1/s)`` node: folding it into the producer is impossible in post-LN BERT,
 whose LayerNorm output also feeds the residual; int8 backends fuse it into the activation's
 quantize step. Run it right before ``quantize.int8``; in float the graph computes the same
-outputs (up to rounding).
+outputs (up to rounding). GPT-2's ``Conv1D`` projections (``addmm`` with an ``[in, out]``
+weight) are rewritten to the linears they are first (:mod:`.conv1d`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fxopt.engine.pass_base import Pass, PassContext, PassResult
 from .calibrate import calibration_inputs
 from .channel_stats import channel_absmax
 from .config import SmoothQuantConfig
+from .conv1d import matmuls_as_linears
 from .graph_edit import add_constant, attr_tensor, copy_meta, module_name, replace_attr_tensor
 from .outliers import outlier_candidates
 
@@ -41,6 +43,7 @@ class SmoothQuant(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: SmoothQuantConfig = self.config
         batches = ctx.required_batches("calibration", self.name)
+        rewritten = matmuls_as_linears(ir.module)  # GPT-2's Conv1D layers are linears too
         nodes = selected_linears(ir.module, config.layers, ctx.recipe.label)
         inputs = calibration_inputs(ir, batches, config.trim_padding)
         with ctx.output.task("collecting activation ranges", len(inputs)) as advance:
@@ -48,7 +51,7 @@ class SmoothQuant(Pass):
         smoothed = smooth(ir.module, nodes, stats, config.alpha)
         return PassResult(
             ir,
-            modified=bool(smoothed),
+            modified=bool(smoothed or rewritten),
             preserved=set(),
             metrics={"alpha": config.alpha, "smoothed": smoothed},
         )

@@ -199,3 +199,90 @@ def inputs_for(ir: ModelIR, batch: int, sequence: int = 8) -> dict[str, torch.Te
 
     sizes = {"batch": batch, "sequence": sequence}
     return synthetic_inputs(ir.inputs, sizes, torch.Generator().manual_seed(batch * 100 + sequence))
+
+
+# -- model families (tests/passes/test_model_families.py) -------------------------------------
+
+FAMILY_VOCAB = 100
+
+
+def decoder_model(family: str, layers: int = 2, kv_heads: int = 2) -> nn.Module:
+    """A seeded random Llama or Qwen2 (width 64, 4 query heads of 16, ``kv_heads`` key/value
+    heads: 2 is grouped-query attention, 4 plain multi-head), without its LM head."""
+    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    classes = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model)}
+    config_class, model_class = classes[family]
+    torch.manual_seed(0)
+    config = config_class(
+        vocab_size=FAMILY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+    )
+    return model_class(config)
+
+
+def decoder_ir(family: str, layers: int = 2, kv_heads: int = 2) -> tuple[nn.Module, ModelIR]:
+    model = decoder_model(family, layers, kv_heads)
+    return _text_ir(model, FAMILY_VOCAB, model.config.to_dict())
+
+
+def distilbert_model(layers: int = 2) -> nn.Module:
+    """A seeded random DistilBERT: width 32 (``dim``), 4 heads (``n_heads``), FFN 64
+    (``hidden_dim``)."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=FAMILY_VOCAB,
+        dim=32,
+        n_layers=layers,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=40,
+    )
+    return DistilBertModel(config)
+
+
+def distilbert_ir(layers: int = 2) -> tuple[nn.Module, ModelIR]:
+    model = distilbert_model(layers)
+    return _text_ir(model, FAMILY_VOCAB, model.config.to_dict())
+
+
+class ClassifierLogits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        return (self.m(input_ids=x).logits,)
+
+
+def bert_classifier_model(layers: int = 2) -> nn.Module:
+    """A seeded random BERT for sequence classification (3 labels): width 32, 4 heads,
+    FFN 64, with its pooler (a 32-wide Linear + tanh between the encoder and the classifier)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=FAMILY_VOCAB,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(config)
+
+
+def bert_classifier_ir(layers: int = 2) -> tuple[nn.Module, ModelIR]:
+    model = bert_classifier_model(layers)
+    wrapped = ClassifierLogits(model.eval()).eval()
+    spec = InputSpec("x", "int64", ("batch", "sequence"), 0, FAMILY_VOCAB)
+    dims = {"batch": BATCH, "sequence": SEQUENCE}
+    return wrapped, capture_model(wrapped, spec, dims, model.config.to_dict())

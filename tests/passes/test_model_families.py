@@ -1,0 +1,471 @@
+"""The model families a new user tries first, on tiny random Hugging Face models.
+
+GPT-2's linears are ``Conv1D`` modules (``addmm`` with a ``[in, out]`` weight): ``quantize.int8``
+quantizes them as linears, and a run that would quantize nothing is an error, not an fp32
+model that "passed". Llama and Qwen2 use grouped-query attention: its key/value heads and
+query groups are not attention-head groups ``prune.structured`` can shrink, so they are left
+alone and listed, while the MLP (gate/up rows, down columns) is pruned and
+``intermediate_size`` follows. A pruned model's ``config.json`` always describes its weights
+(DistilBERT's own keys, a classifier's pooler width left whole): rebuilt from that config,
+``transformers`` loads the pruned weights and computes what the pruned graph computes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import textwrap
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from fxopt.engine.errors import FxoptError
+from fxopt.engine.pass_base import PassContext
+from fxopt.engine.recipe import Recipe
+from fxopt.passes.prune.config import PruneConfig
+from fxopt.passes.prune.structured import StructuredPrune
+from fxopt.passes.quantize import Int8Config, QuantizeInt8
+from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
+from tests.cli import assert_clean_failure, run_cli
+from tests.conftest import write_recipe
+from tests.passes import prune_models
+from tests.passes.prune_models import (
+    bert_classifier_ir,
+    bert_classifier_model,
+    bert_ir,
+    decoder_ir,
+    decoder_model,
+    distilbert_ir,
+    distilbert_model,
+    gpt2_ir,
+    gpt2_lm_ir,
+)
+from tests.passes.quantize_support import Collecting, count_ops, make_ir
+
+DQ_WEIGHT = "quantized_decomposed.dequantize_per_channel"
+VOCAB = prune_models.FAMILY_VOCAB
+
+
+def ids(batch: int = 4, sequence: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, sequence), generator=torch.Generator().manual_seed(seed))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-sample cosine of two batched outputs."""
+    return float(nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1).mean())
+
+
+def int8_context(tmp_path, calibration: list[dict]) -> PassContext:
+    return PassContext(
+        recipe=Recipe(),
+        batches=lambda split: calibration,
+        reference=lambda feeds: [],
+        evaluate=lambda ir: {},
+        cache_dir=tmp_path,
+        output=Collecting(),
+    )
+
+
+def prune(ir, **config):
+    ctx = prune_models.context()
+    return StructuredPrune(PruneConfig(**config)).run(ir, ctx), ctx.output.warnings
+
+
+def rebuilt(model: nn.Module, config: dict, ir) -> nn.Module:
+    """``model``'s class built from ``config`` (what the output's config.json says), with the
+    pruned graph's weights loaded: every parameter must fit."""
+    fresh = type(model)(type(model.config).from_dict(config)).eval()
+    weights = {name[2:]: p for name, p in ir.module.named_parameters()}  # "m." of the wrapper
+    missing, unexpected = fresh.load_state_dict(weights, strict=False)
+    assert not unexpected
+    assert not set(missing) & set(dict(fresh.named_parameters()))
+    return fresh
+
+
+def shapes(ir) -> dict[str, tuple[int, ...]]:
+    params = ir.module.named_parameters(remove_duplicate=False)  # tied ones under every name
+    return {name[2:]: tuple(p.shape) for name, p in params}
+
+
+# -- GPT-2: Conv1D layers and quantize.int8 ---------------------------------------------------
+
+
+def test_gpt2_conv1d_layers_are_quantized_as_int8_linears(tmp_path):
+    eager, ir = gpt2_ir(layers=2)
+    assert count_ops(ir, "aten.addmm") == 8 and count_ops(ir, "aten.linear") == 0
+    ctx = int8_context(tmp_path, [{"x": ids(seed=i)} for i in range(4)])
+    result = QuantizeInt8(Int8Config()).run(ir, ctx)
+    metrics = result.metrics
+    assert metrics["quantized"] == 8 and metrics["quantized_ops"] == {"linear": 8}
+    assert count_ops(ir, DQ_WEIGHT) == 8 and count_ops(ir, "aten.addmm") == 0
+    assert "warnings" not in metrics
+    x = ids(seed=9)
+    with torch.no_grad():
+        (want,) = eager(x)
+    (got,) = result.ir.run({"x": x})
+    assert cosine(got, want) > 0.99
+
+
+def test_gpt2_outlier_split_reaches_the_conv1d_layers(tmp_path):
+    eager, ir = gpt2_ir(layers=1)
+    ctx = int8_context(tmp_path, [{"x": ids(seed=i)} for i in range(4)])
+    config = Int8Config(outlier_split=True, outlier_threshold=2.0, outlier_max_channels=2)
+    result = QuantizeInt8(config).run(ir, ctx)
+    split = result.metrics["outlier_channels"]
+    assert split and all(name.startswith("m.h.0.") for name in split)
+    assert result.metrics["quantized"] == 4
+    x = ids(seed=9)
+    with torch.no_grad():
+        (want,) = eager(x)
+    (got,) = result.ir.run({"x": x})
+    assert cosine(got, want) > 0.99
+
+
+class ConvOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return (self.conv(x.view(-1, 1, 4, 2).repeat(1, 1, 1, 2)),)
+
+
+class ComputedWeightOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x):
+        return (nn.functional.linear(x, self.w * 2.0),)
+
+
+@pytest.mark.parametrize(
+    ("model", "holds", "fix"),
+    [
+        (ConvOnly, "aten.conv2d.default x 1", 'ops = ["conv2d"]'),
+        (ComputedWeightOnly, "computed in the graph", "fold constants first"),
+    ],
+)
+def test_int8_that_would_quantize_nothing_is_an_error(tmp_path, model, holds, fix):
+    ir = make_ir(model())
+    with pytest.raises(FxoptError) as info:
+        calibration = [{"x": torch.randn(4, 8)} for _ in range(2)]
+        QuantizeInt8(Int8Config()).run(ir, int8_context(tmp_path, calibration))
+    error = info.value
+    assert error.exit_code == 2 and error.field == "passes[0].config.ops"
+    assert "nothing to quantize" in error.message and holds in error.message
+    assert fix in error.fix
+
+
+# -- Llama and Qwen2: grouped-query attention and prune.structured -----------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gqa_heads_are_left_alone_and_the_mlp_is_pruned_with_its_config(family):
+    eager, ir = decoder_ir(family)
+    before = shapes(ir)
+    result, warnings = prune(ir, heads=0.25, ffn=0.25)
+    metrics = result.metrics
+    assert metrics["pruned"] == {"ffn": "2 groups: 128 -> 96"}
+    left = metrics["left_alone"]
+    assert {entry.split(" ")[0] for entry in left} >= {f"m.layers.{i}.self_attn" for i in (0, 1)}
+    assert left and all(
+        "(heads): grouped-query attention: 4 query heads share 2 key/value heads" in entry
+        for entry in left
+    ), left
+    assert metrics["warnings"] == warnings
+    assert any("heads = 0.25 pruned nothing" in w for w in warnings), warnings
+    after = shapes(ir)
+    for i in (0, 1):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            key = f"layers.{i}.self_attn.{proj}.weight"
+            assert after[key] == before[key]
+        assert after[f"layers.{i}.mlp.gate_proj.weight"] == (96, 64)
+        assert after[f"layers.{i}.mlp.up_proj.weight"] == (96, 64)
+        assert after[f"layers.{i}.mlp.down_proj.weight"] == (64, 96)
+    config = result.ir.meta.config
+    assert config["intermediate_size"] == 96
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
+    x = ids()
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        (want,) = eager(x)
+        again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
+    torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+    assert 0.9 < cosine(got, want) < 0.9999  # pruned, and still close
+
+
+def test_gqa_heads_alone_are_refused_naming_the_attention():
+    _, ir = decoder_ir("llama")
+    with pytest.raises(FxoptError) as info:
+        prune(ir, heads=0.25)
+    error = info.value
+    assert error.exit_code == 2 and error.field == "passes[0].config"
+    assert "nothing to prune" in error.message
+    assert "grouped-query attention: 4 query heads share 2 key/value heads" in error.message
+    assert "ffn" in error.fix
+
+
+def test_multi_head_llama_prunes_heads_and_its_key_value_heads_in_the_config():
+    eager, ir = decoder_ir("llama", kv_heads=4)
+    result, _ = prune(ir, heads=0.5)
+    assert result.metrics["pruned"] == {"heads": "2 groups: 4 -> 2"}
+    config = result.ir.meta.config
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 2)
+    assert config["head_dim"] == 16
+    x = ids()
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
+    torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+
+
+def test_heads_transformers_would_refuse_in_config_json_fail_before_any_work():
+    _, ir = decoder_ir("llama", kv_heads=4, layers=1)
+    before = shapes(ir)
+    with pytest.raises(FxoptError) as info:
+        prune(ir, heads=0.25)
+    error = info.value
+    assert "transformers refuses config.json with the pruned sizes" in error.message
+    assert "The hidden size (64) is not a multiple of the number of attention heads (3)" in (
+        error.message
+    )
+    assert "heads = 0.5" in error.fix
+    assert shapes(ir) == before
+
+
+# -- config.json: always the pruned sizes, or the group is left whole --------------------------
+
+
+def test_bert_classifier_pooler_is_left_whole_and_the_config_reloads():
+    eager, ir = bert_classifier_ir()
+    result, warnings = prune(ir, ffn=0.5)
+    assert result.metrics["pruned"] == {"ffn": "2 groups: 64 -> 32"}
+    [pooler] = [e for e in result.metrics["left_alone"] if "pooler" in e]
+    assert pooler.startswith("m.bert.pooler.dense (ffn): config.json has no key for this width")
+    assert warnings == []
+    assert shapes(ir)["bert.pooler.dense.weight"] == (32, 32)
+    config = result.ir.meta.config
+    assert config["intermediate_size"] == 32
+    x = ids()
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        again = rebuilt(eager.m, config, result.ir)(input_ids=x).logits
+    torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+
+
+def test_distilbert_config_keys_follow_the_pruned_sizes():
+    eager, ir = distilbert_ir()
+    result, warnings = prune(ir, ffn=0.25)
+    assert warnings == []
+    config = result.ir.meta.config
+    assert config["hidden_dim"] == 48 and config["n_heads"] == 4
+    x = ids()
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
+    torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+
+    _, ir = distilbert_ir()
+    result, warnings = prune(ir, heads=0.25, ffn=0.5)
+    assert warnings == []
+    config = result.ir.meta.config
+    assert (config["n_heads"], config["head_dim"], config["hidden_dim"]) == (3, 8, 32)
+    after = shapes(ir)
+    assert after["transformer.layer.0.attention.q_lin.weight"] == (3 * 8, 32)
+    assert after["transformer.layer.1.ffn.lin1.weight"] == (32, 32)
+
+
+def test_a_size_config_json_cannot_hold_is_left_whole_and_said():
+    _, ir = bert_ir(layers=2)
+    del ir.meta.config["intermediate_size"]
+    result, warnings = prune(ir, heads=0.25, ffn=0.5)
+    assert result.metrics["pruned"] == {"heads": "2 groups: 4 -> 3"}
+    ffn = [e for e in result.metrics["left_alone"] if "(ffn)" in e]
+    assert len(ffn) == 2 and all("config.json has no key for the ffn size" in e for e in ffn)
+    assert any("ffn = 0.5 pruned nothing" in w for w in warnings)
+    assert "intermediate_size" not in result.ir.meta.config
+
+
+def test_a_width_config_json_has_no_key_for_fails_before_any_work():
+    _, ir = gpt2_lm_ir()
+    del ir.meta.config["n_embd"]
+    before = shapes(ir)
+    with pytest.raises(FxoptError) as info:
+        prune(ir, hidden=0.25)
+    error = info.value
+    assert error.exit_code == 2 and error.field == "passes[0].config"
+    assert error.message == (
+        "config.json cannot describe the pruned model: config.json has no key for the hidden "
+        "size; left as it was"
+    )
+    assert "n_head, n_inner" in error.fix
+    assert all(before[name] == shape for name, shape in shapes(ir).items())  # nothing sliced
+
+
+# -- from the command line ---------------------------------------------------------------------
+
+RECIPE = """
+schema_version = 1
+
+[model]
+task = "{task}"
+
+[model.dims.batch]
+min = 1
+opt = 2
+max = 4
+
+[model.dims.sequence]
+min = 2
+opt = 16
+max = 32
+
+[data.calibration]
+source = "synthetic"
+samples = 8
+batch_size = 4
+sequence_length = 16
+
+[data.verification]
+source = "synthetic"
+samples = 8
+batch_size = 4
+sequence_length = 16
+
+[[passes]]
+name = "{name}"
+[passes.config]
+{config}
+
+[target]
+backend = "onnxruntime"
+
+[verify]
+min_cosine = -1.0
+latency = false
+pass_samples = 0
+"""
+
+
+def cli_recipe(tmp_path, task: str, name: str, config: str):
+    body = RECIPE.format(task=task, name=name, config=textwrap.dedent(config).strip())
+    return write_recipe(tmp_path, body)
+
+
+def saved(tmp_path, model: nn.Module, name: str):
+    path = tmp_path / name
+    model.eval().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def onnx_dims(out) -> set[int]:
+    """Every size of every initializer in the artifact (weights, transposed or not)."""
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    return {int(d) for t in model.graph.initializer for d in t.dims}
+
+
+def pass_metrics(report: dict, name: str) -> dict:
+    return next(p for p in report["passes"] if p["name"] == name)["metrics"]
+
+
+def test_cli_gpt2_int8_quantizes_every_conv1d(capsys, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = saved(tmp_path, GPT2LMHeadModel(config), "gpt2")
+    recipe = cli_recipe(tmp_path, "causal-lm", "quantize.int8", "outlier_split = true")
+    out = tmp_path / "out"
+    result = run_cli(capsys, recipe, model, "-o", out, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    metrics = pass_metrics(report, "quantize.int8")
+    # 4 Conv1D per layer (c_attn, c_proj, c_fc, mlp.c_proj) and the LM head
+    assert metrics["quantized"] == 9 and metrics["quantized_ops"] == {"linear": 9}
+    optimized = onnx.load(str(out / "model.ort.onnx"), load_external_data=False)
+    counts = collections.Counter(n.op_type for n in optimized.graph.node)
+    assert sum(counts[op] for op in FUSED_MATMUL_OPS) == 9, counts
+    assert report["verify"]["metrics"]["cosine_mean"] > 0.99
+
+    # nothing of the asked kind: exit 2, what the graph holds, no output
+    recipe = cli_recipe(tmp_path, "causal-lm", "quantize.int8", 'ops = ["conv2d"]')
+    result = run_cli(capsys, recipe, model, "-o", tmp_path / "none")
+    assert_clean_failure(
+        result,
+        2,
+        "recipe.toml: passes[0].config.ops: pass 'quantize.int8' failed after []",
+        "nothing to quantize: no conv2d op in the graph can take int8",
+        "the graph holds aten.addmm.default x 8",  # GPT-2's Conv1D layers, as exported
+        'fix: ops = ["linear"] quantizes those',
+    )
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_cli_gqa_prune_writes_the_pruned_mlp_and_a_config_that_says_so(capsys, tmp_path, family):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = decoder_model(family)
+    causal = AutoModelForCausalLM.from_config(base.config)
+    model = saved(tmp_path, causal, family)
+    recipe = cli_recipe(tmp_path, "causal-lm", "prune.structured", "heads = 0.25\nffn = 0.25")
+    out = tmp_path / "out"
+    result = run_cli(capsys, recipe, model, "-o", out)
+    assert result.code == 0, result.err
+    err = " ".join(result.err.split())
+    assert "heads = 0.25 pruned nothing" in err and "grouped-query attention" in err
+    report = json.loads((out / "report.json").read_text())
+    metrics = pass_metrics(report, "prune.structured")
+    assert metrics["pruned"] == {"ffn": "2 groups: 128 -> 96"}
+    assert all("grouped-query attention" in entry for entry in metrics["left_alone"])
+    assert any("heads = 0.25 pruned nothing" in w for w in metrics["warnings"])
+    written = AutoConfig.from_pretrained(out)
+    assert written.intermediate_size == 96
+    assert (written.num_attention_heads, written.num_key_value_heads) == (4, 2)
+    dims = onnx_dims(out)
+    assert 96 in dims and 128 not in dims
+    assert 0.9 < report["verify"]["metrics"]["cosine_mean"] < 0.9999
+
+
+def test_cli_bert_classifier_prunes_the_encoder_and_keeps_the_pooler(capsys, tmp_path):
+    from transformers import AutoConfig
+
+    model = saved(tmp_path, bert_classifier_model(), "bert")
+    recipe = cli_recipe(tmp_path, "sequence-classification", "prune.structured", "ffn = 0.5")
+    out = tmp_path / "out"
+    result = run_cli(capsys, recipe, model, "-o", out)
+    assert result.code == 0, result.err
+    assert "warning:" not in result.err  # the pass said nothing was off
+    metrics = pass_metrics(json.loads((out / "report.json").read_text()), "prune.structured")
+    assert metrics["pruned"] == {"ffn": "2 groups: 64 -> 32"}
+    assert any(e.startswith("model.bert.pooler.dense (ffn)") for e in metrics["left_alone"])
+    assert AutoConfig.from_pretrained(out).intermediate_size == 32
+    assert 64 not in onnx_dims(out)
+
+
+def test_cli_distilbert_config_reloads_with_the_pruned_sizes(capsys, tmp_path):
+    from transformers import AutoConfig
+
+    model = saved(tmp_path, distilbert_model(), "distilbert")
+    recipe = cli_recipe(
+        tmp_path, "feature-extraction", "prune.structured", "heads = 0.25\nffn = 0.25"
+    )
+    out = tmp_path / "out"
+    result = run_cli(capsys, recipe, model, "-o", out)
+    assert result.code == 0, result.err
+    assert "warning:" not in result.err  # the pass said nothing was off
+    written = AutoConfig.from_pretrained(out)
+    assert (written.n_heads, written.head_dim, written.hidden_dim) == (3, 8, 48)
+    dims = onnx_dims(out)
+    assert {48, 24} <= dims and 64 not in dims
