@@ -12,8 +12,8 @@ import pytest
 from fxopt.engine import pass_cache
 from tests.cli import run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe
+from tests.entry_points import with_entry_points
 from tests.fixtures.plugins import counting
-from tests.unit.test_plugins import with_entry_points
 
 
 def build(capsys, recipe, model, out, *extra):

@@ -14,8 +14,8 @@ from fxopt.engine.cache_root import MARKER, CacheRoot, locate, parse_size
 from fxopt.engine.errors import EXIT_USAGE
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe
+from tests.entry_points import with_entry_points
 from tests.fixtures.plugins import counting
-from tests.unit.test_plugins import with_entry_points
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from fxopt.engine.pass_base import PassContext
 from fxopt.engine.pipeline import RunOptions, load_model
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.plugins.data.sources import stdlib_sentences
+from tests.conftest import write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SCRIPT = ROOT / "examples" / "digits" / "digits_model.py"
@@ -171,3 +173,74 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+BERT_RECIPE = """
+schema_version = 1
+
+[model]
+path = "{model}"
+task = "sentence-embedding"
+
+[model.dims.batch]
+min = 1
+opt = 8
+max = 16
+
+[model.dims.sequence]
+min = 2
+opt = 32
+max = 64
+
+[data.finetune]
+source = "text"
+path = "{text}"
+samples = 64
+batch_size = 8
+sequence_length = 32
+
+[data.verification]
+source = "text"
+path = "{text}"
+samples = 32
+batch_size = 8
+sequence_length = 32
+
+[[passes]]
+name = "finetune"
+
+[passes.config]
+objective = "distill"
+epochs = 4
+lr = 3e-3
+weight_decay = 0.0
+warmup_steps = 2
+{extra}
+"""
+
+
+def bert_recipe(directory, model, extra: str = "", **replace) -> object:
+    """The distillation recipe on a text file of real sentences (standard-library docs)."""
+    text = directory / "sentences.txt"
+    text.write_text("\n".join(stdlib_sentences()[:200]), encoding="utf-8")
+    body = BERT_RECIPE.format(model=model, text=text, extra=extra)
+    for old, new in replace.items():
+        body = body.replace(old, new)
+    return write_recipe(directory, body)
+
+
+def cosine_to_teacher(ir, ctx) -> float:
+    values = []
+    for batch in ctx.batches("verification"):
+        got = ir.run(batch)[0]
+        want = ctx.reference(batch)[0]
+        values.append(torch.nn.functional.cosine_similarity(got, want, dim=-1))
+    return float(torch.cat(values).mean())
+
+
+def damage(ir, scale: float = 0.1) -> None:
+    """Seeded noise on every encoder weight matrix: a model pruning or quantization hurt."""
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in ir.module.named_parameters():
+        if "encoder" in name and parameter.dim() == 2:
+            parameter.data += scale * torch.randn(parameter.shape, generator=generator)

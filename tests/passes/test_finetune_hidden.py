@@ -8,8 +8,7 @@ import torch
 from fxopt.engine.errors import RecipeError
 from fxopt.passes.finetune import FinetuneConfig
 from fxopt.passes.finetune.hidden import TAP_PREFIX, HiddenStates, StateCache, matched_modules
-from tests.passes.finetune_support import prepare
-from tests.passes.test_finetune_distill import bert_recipe, cosine_to_teacher, damage
+from tests.passes.finetune_support import bert_recipe, cosine_to_teacher, damage, prepare
 
 LAYERS = 'hidden_layers = ["model.encoder.layer.*"]'
 

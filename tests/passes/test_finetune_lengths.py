@@ -10,8 +10,7 @@ from fxopt.engine import hookimpl
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.passes.finetune.lengths import grouped, lengths, run_by_length, trim
-from tests.passes.finetune_support import prepare, weights
-from tests.passes.test_finetune_distill import bert_recipe, cosine_to_teacher, damage
+from tests.passes.finetune_support import bert_recipe, cosine_to_teacher, damage, prepare, weights
 
 
 def right_padded(sizes: list[int], width: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ from fxopt.passes.prune import hookspecs as prune_hookspecs
 from fxopt.passes.quantize import hookspecs as quantize_hookspecs
 from tests.cli import run_cli
 from tests.conftest import write_recipe
+from tests.entry_points import with_entry_points
 from tests.fixtures.plugins import kitchen
-from tests.unit.test_plugins import with_entry_points
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the engine's hooks and those the packages owning an extension point add

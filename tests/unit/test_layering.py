@@ -27,3 +27,16 @@ def test_engine_imports_no_pass_and_no_plugin():
         for path in sorted(ENGINE.glob("*.py"))
     }
     assert {name: mods for name, mods in offenders.items() if mods} == {}
+
+
+def test_no_test_module_imports_another_test_module():
+    """Shared helpers live in support modules (tests/cli.py, */..._support.py, conftest),
+    so running one test file never depends on collecting another."""
+    tests = ENGINE.parent / "tests"
+    offenders = {
+        path.relative_to(tests).as_posix(): sorted(
+            m for m in imported_modules(path) if m.split(".")[-1].startswith("test_")
+        )
+        for path in sorted(tests.rglob("*.py"))
+    }
+    assert {name: mods for name, mods in offenders.items() if mods} == {}

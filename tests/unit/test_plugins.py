@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 
 import pytest
 
-from fxopt.engine import hookimpl, hookspecs, plugin_host
+from fxopt.engine import hookimpl, hookspecs
 from fxopt.engine.errors import PluginError
 from fxopt.engine.hookspecs import hookspec
 from fxopt.engine.plugin_host import load_plugins
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import TINY_RECIPE, write_recipe
-
-
-def with_entry_points(monkeypatch, **plugins: str) -> None:
-    """Add entry points (name -> module) to the group, as an installed package would."""
-    real = md.entry_points
-
-    def entry_points(**kwargs):
-        found = list(real(**kwargs))
-        if kwargs.get("group") == plugin_host.ENTRY_POINT_GROUP:
-            found += [
-                md.EntryPoint(name, value, plugin_host.ENTRY_POINT_GROUP)
-                for name, value in plugins.items()
-            ]
-        return found
-
-    monkeypatch.setattr(plugin_host.md, "entry_points", entry_points)
+from tests.entry_points import with_entry_points
 
 
 def test_builtins_register_through_the_entry_point_group():
