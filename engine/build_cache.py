@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache_entries import SEAL, check_seal, discard, file_sha256, mark_used, new_entry
+from .cache_entries import (
+    SEAL,
+    check_seal,
+    discard,
+    file_sha256,
+    mark_used,
+    new_entry,
+    read_json_object,
+)
 from .cache_root import CacheRoot, Location, locate
 from .console import Output
 from .errors import OutputError
@@ -42,6 +50,7 @@ from .output_guard import (
     check_placement,
     check_replaceable,
     needed_bytes,
+    relative_files,
 )
 from .plugin_host import ENTRY_POINT_GROUP
 from .recipe import Recipe, load_recipe
@@ -75,11 +84,9 @@ class HashCache:
         self.path = path
         self.trust_stat = trust_stat
         self.known: dict[str, list] = {}
-        if path is not None and path.is_file():
-            with contextlib.suppress(ValueError, OSError, UnicodeDecodeError):
-                known = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(known, dict):
-                    self.known = {k: v for k, v in known.items() if _stat_record(v)}
+        if path is not None:
+            known = read_json_object(path) or {}
+            self.known = {k: v for k, v in known.items() if _stat_record(v)}
         self.dirty = False
 
     def sha256(self, file: Path) -> str:
@@ -282,17 +289,9 @@ class BuildCache:
         try:
             with new_entry(entry) as tmp:
                 copy_tree(target, tmp)
-            self.evict(keep=entry)
+            CacheRoot(self.root).evict(keep=entry, output=self.output)
         except OSError as exc:
             self.output.warn(f"could not keep the output in the cache {self.root}: {exc}")
-
-    def evict(self, keep: Path | None = None) -> None:
-        removed, freed = CacheRoot(self.root).evict(keep)
-        if removed:
-            self.output.step(
-                f"cache: removed {removed} least recently used entr{'y' if removed == 1 else 'ies'}"
-                f" ({freed / 2**20:.0f} MiB) to stay under its limit"
-            )
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -314,7 +313,7 @@ class BuildCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _intact(self, directory: Path, key: str, hashes: HashCache) -> bool:
-        manifest = _read_json_object(directory / "manifest.json")
+        manifest = read_json_object(directory / "manifest.json")
         if manifest is None or manifest.get("build_key") != key:
             return False
         outputs = manifest.get("outputs")
@@ -360,13 +359,10 @@ def open_cache(location: Location, output: Output) -> Path | None:
 def copy_tree(source: Path, dest: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
     """Copy every file of ``source`` into ``dest``: never a hard link, so editing an output
     can never edit the cache; a copy-on-write clone where the file system has one."""
-    for file in sorted(source.rglob("*")):
-        relative = file.relative_to(source)
-        if file.is_dir():
-            (dest / relative).mkdir(parents=True, exist_ok=True)
-        elif relative.as_posix() not in skip:
-            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-            _clone_file(file, dest / relative)
+    for name in relative_files(source):
+        if name not in skip:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            _clone_file(source / name, dest / name)
 
 
 def _clone_file(source: Path, dest: Path) -> None:
@@ -379,17 +375,8 @@ def _clone_file(source: Path, dest: Path) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def _read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON file's object, or ``None`` when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_report(directory: Path) -> Report | None:
-    data = _read_json_object(directory / "report.json")
+    data = read_json_object(directory / "report.json")
     return Report(data) if data is not None else None
 
 

@@ -19,7 +19,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from .output_guard import relative_files
 from .staging import pid_alive
 
 SEAL = "seal.json"
@@ -34,13 +36,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object; ``None`` when it is missing, unreadable or not an object (fxopt's
+    state files are objects, and valid JSON of another shape is as good as damaged)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def seal(directory: Path) -> None:
     """Record the sha256 of every file of ``directory`` in its ``seal.json``."""
-    files = {
-        p.relative_to(directory).as_posix(): file_sha256(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != SEAL
-    }
+    files = {name: file_sha256(directory / name) for name in relative_files(directory)}
+    files.pop(SEAL, None)
     text = json.dumps({"format": SEAL_FORMAT, "files": files}, indent=1, sort_keys=True)
     (directory / SEAL).write_text(text + "\n", encoding="utf-8")
 
@@ -55,11 +64,7 @@ def check_seal(directory: Path) -> str | None:
         return f"its seal is unreadable ({type(exc).__name__})"
     if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
         return "its seal is not an fxopt seal"
-    present = {
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != SEAL
-    }
+    present = set(relative_files(directory)) - {SEAL}
     if missing := sorted(set(record["files"]) - present):
         return f"{missing[0]} is missing"
     if extra := sorted(present - set(record["files"])):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache_entries import SEAL, discard, sweep_temporaries
+from .cache_entries import SEAL, discard, read_json_object, sweep_temporaries
+from .console import Output
 from .errors import OutputError
 
 MARKER = "fxopt-cache.json"
@@ -101,11 +102,7 @@ class CacheRoot:
             sweep_temporaries(self.path / kind)
 
     def settings(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.marker) or {}
 
     def limit(self) -> int:
         """The size limit in bytes: ``$FXOPT_CACHE_LIMIT``, else the marker's, else 4 GiB."""
@@ -144,9 +141,9 @@ class CacheRoot:
             **counts,
         }
 
-    def evict(self, keep: Path | None = None) -> tuple[int, int]:
+    def evict(self, keep: Path | None = None, output: Output | None = None) -> tuple[int, int]:
         """Remove least-recently-used entries until the cache fits its limit; never ``keep``.
-        Returns (entries removed, bytes freed)."""
+        Says so on ``output`` when it removed any; returns (entries removed, bytes freed)."""
         limit = self.limit()
         total = _size(self.path)
         removed = freed = 0
@@ -157,6 +154,11 @@ class CacheRoot:
                 continue
             discard(entry)
             total, removed, freed = total - size, removed + 1, freed + size
+        if removed and output is not None:
+            output.step(
+                f"cache: removed {removed} least recently used entr{'y' if removed == 1 else 'ies'}"
+                f" ({freed / 2**20:.0f} MiB) to stay under its limit"
+            )
         return removed, freed
 
     def clear(self) -> int:

@@ -266,9 +266,7 @@ def cache(args: SimpleNamespace, output) -> None:
         if (why := cache.foreign()) is not None:
             raise OutputError(f"this directory {why}", file=cache.path, field="--cache-dir")
         cache.set_limit(limit)
-        from .build_cache import BuildCache
-
-        BuildCache(cache.path, output=output).evict()
+        cache.evict(output=output)
     info = cache.usage()
     if args.json:
         print(json.dumps(info, indent=2))

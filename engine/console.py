@@ -60,52 +60,57 @@ class Output:
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
-        bar = Progress(*columns, console=self.console, transient=True)
-        try:
-            bar.start()
-        except LiveError:  # inside a spinner: the spinner already says something is going on
-            yield lambda n=1, description=None: None
-            return
-        try:
-            task_id = bar.add_task(description, total=total)
-            yield lambda n=1, description=None: bar.update(
-                task_id, advance=n, **({"description": description} if description else {})
-            )
-        finally:
-            bar.stop()
+        with self._live(columns, description, total) as advance:
+            # inside a spinner: the spinner already says something is going on
+            yield advance or (lambda n=1, description=None: None)
 
     @contextmanager
     def spinner(self, description: str) -> Iterator[None]:
         """A spinner with the time elapsed, for a stage with nothing to count (an export, an
-        ONNX save, a graph optimization): no stage of a run is silent for long. Inside
-        another live display (a progress bar) it prints one step line instead."""
+        ONNX save, a graph optimization): no stage of a run is silent for long. In a log, or
+        inside another live display (a progress bar), it prints one step line instead."""
         if self.quiet:
             yield
             return
+        if not self.console.is_terminal:
+            self.step(description)
+            yield
+            return
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with self._live(columns, description, None) as live:
+            if live is None:
+                self.step(description)
+            yield
+
+    @contextmanager
+    def stage(self, description: str) -> Iterator[None]:
+        """One stage of a run: a spinner while it works, then ``• description (N.N s)`` (in a
+        log: the description up front, and its time when it took more than 5 s)."""
+        started = time.perf_counter()
+        with self.spinner(description):
+            yield
+        seconds = time.perf_counter() - started
+        if self.console.is_terminal:
+            self.step(f"{description} ({seconds:.1f} s)")
+        elif seconds > 5:
+            self.step(f"{description}: done in {seconds:.1f} s")
+
+    @contextmanager
+    def _live(
+        self, columns: tuple, description: str, total: int | None
+    ) -> Iterator[Callable[..., None] | None]:
+        """A transient rich display with one task; yields its ``advance``, or ``None`` when
+        another live display already runs (rich allows one at a time)."""
         progress = Progress(*columns, console=self.console, transient=True)
         try:
             progress.start()
         except LiveError:
-            self.step(description)
-            yield
+            yield None
             return
         try:
-            progress.add_task(description, total=None)
-            yield
+            task_id = progress.add_task(description, total=total)
+            yield lambda n=1, description=None: progress.update(
+                task_id, advance=n, **({"description": description} if description else {})
+            )
         finally:
             progress.stop()
-
-    @contextmanager
-    def stage(self, description: str) -> Iterator[None]:
-        """One stage of a run: a spinner while it works, then ``• description (N.N s)``."""
-        started = time.perf_counter()
-        if not self.console.is_terminal:  # a log: no spinner to watch, say it up front
-            self.step(description)
-            yield
-            if (seconds := time.perf_counter() - started) > 5:
-                self.step(f"{description}: done in {seconds:.1f} s")
-            return
-        with self.spinner(description):
-            yield
-        self.step(f"{description} ({time.perf_counter() - started:.1f} s)")

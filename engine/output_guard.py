@@ -188,7 +188,7 @@ def foreign_content(directory: Path) -> str | None:
         return f"has a {MANIFEST} that is not fxopt's (no outputs listed)"
     if manifest.get("generator") != GENERATOR and "build_key" not in manifest:
         return f"has a {MANIFEST} that fxopt did not write"
-    extra = sorted(set(_files(directory)) - {MANIFEST, *manifest["outputs"]})
+    extra = sorted(set(relative_files(directory)) - {MANIFEST, *manifest["outputs"]})
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         return f"holds files its manifest does not list ({shown})"
@@ -201,16 +201,18 @@ def foreign_rejected(directory: Path) -> str | None:
         return "is not a directory"
     if not directory.exists():
         return None
-    extra = sorted(set(_files(directory)) - REJECTED_FILES)
+    extra = sorted(set(relative_files(directory)) - REJECTED_FILES)
     return f"holds files fxopt did not write ({', '.join(extra[:5])})" if extra else None
 
 
-def _files(directory: Path) -> list[str]:
-    return [
+def relative_files(directory: Path) -> list[str]:
+    """Every file (and symbolic link) under ``directory``: sorted POSIX paths relative to it,
+    the names a manifest, a seal and these checks all speak in."""
+    return sorted(
         p.relative_to(directory).as_posix()
         for p in directory.rglob("*")
         if p.is_file() or p.is_symlink()
-    ]
+    )
 
 
 def _listing(directory: Path, limit: int = 10_000) -> str:

@@ -106,7 +106,7 @@ class PassCache:
                 torch.export.save(program, str(tmp / "ir.pt2"))
                 state = {"records": [_record_fields(r) for r in records], "config": ir.meta.config}
                 (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-            CacheRoot(self.root.parent).evict(keep=entry)
+            CacheRoot(self.root.parent).evict(keep=entry, output=self.output)
         except Exception as exc:
             self.output.warn(f"could not cache the result of {records[-1].name}: {exc}")
 

@@ -33,7 +33,7 @@ from .instruments import DumpIR, Numerics, PassRecord
 from .ir import ModelIR
 from .loading import LoadedModel, LoadOptions, resolve_model
 from .manifest import build_manifest
-from .output_guard import MANIFEST, Seen, foreign_rejected
+from .output_guard import MANIFEST, Seen, foreign_rejected, relative_files
 from .pass_base import PassContext
 from .pass_cache import PassCache, prefix_keys
 from .pass_manager import PassManager
@@ -86,18 +86,20 @@ def optimize(
     if out_dir is not None:
         options.out_dir = Path(out_dir)
     output = output or Output(quiet=True)
-    return execute(plan_build(recipe, model_dir, options, output), options, output, host)
+    build = plan_build(recipe, model_dir, options, output)
+    if (done := build.finished()) is not None:
+        return done
+    return execute(build, options, output, host)
 
 
 def execute(
     build: Build, options: RunOptions, output: Output, host: PluginHost | None = None
 ) -> Report:
-    """Run a planned build (:func:`~.build_cache.plan_build`, done once per run): answered
-    from the cache when an identical build exists, else load → reference → capture → passes
-    → lower → verify → write."""
+    """Run a planned build (:func:`~.build_cache.plan_build`, done once per run) whose
+    caller found no finished output (``build.finished()``, the no-op path that needs no
+    torch): load → reference → capture → passes → lower → verify → write, unless a
+    concurrent build of the same inputs finished it meanwhile."""
     started = time.perf_counter()
-    if (done := build.finished()) is not None:
-        return done
     # under torchrun every rank runs this; only rank 0 locks, writes and stores (the others
     # would wait on its lock while it waits for them in the fine-tune's process group)
     peer = build.rank != 0
@@ -348,9 +350,7 @@ def _lower_and_verify(
     if warned := library_log.write(tmp):
         output.step(f"{warned} warning(s) from libraries in {target / library_log.LOG_FILE}")
     # every file the output holds is listed, so a later --force can tell it is all fxopt's
-    files = sorted(
-        p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p != tmp / MANIFEST
-    )
+    files = [name for name in relative_files(tmp) if name != MANIFEST]
     manifest = build_manifest(
         build_key=run.build_key,
         hasher=HashCache(None).sha256,

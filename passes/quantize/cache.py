@@ -162,7 +162,7 @@ class CalibrationCache:
             with new_entry(entry) as tmp:
                 text = json.dumps(calibration.to_json(), indent=1, sort_keys=True)
                 (tmp / FILE).write_text(text + "\n", encoding="utf-8")
-            CacheRoot(self.root.parent).evict(keep=entry)
+            CacheRoot(self.root.parent).evict(keep=entry, output=self.output)
         except OSError as exc:
             self.output.warn(f"could not write the calibration cache {entry}: {exc}")
             return None
