@@ -23,7 +23,7 @@ from pathlib import Path
 from fxopt.engine.toml_compat import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIMIZE = [sys.executable, "-m", "fxopt.engine.cli"]
+OPTIMIZE = [sys.executable, "-m", "fxopt.cli.app"]
 
 
 def run(recipe: Path, out: Path, env: dict[str, str], *extra: str) -> tuple[float, dict]:

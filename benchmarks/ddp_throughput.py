@@ -86,11 +86,11 @@ def run(recipe: Path, out: Path, processes: int, threads: int) -> float:
     env["OMP_NUM_THREADS"] = str(threads)
     flags = ["-o", str(out), "--json", "-q", "--no-cache", "--cache-dir", str(out) + "-cache"]
     if processes == 1:
-        command = [sys.executable, "-m", "fxopt.engine.cli", str(recipe), *flags]
+        command = [sys.executable, "-m", "fxopt.cli.app", str(recipe), *flags]
     else:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", str(processes), "-m", "fxopt.engine.cli", str(recipe), *flags,
+            "--nproc-per-node", str(processes), "-m", "fxopt.cli.app", str(recipe), *flags,
         ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:

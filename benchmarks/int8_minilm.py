@@ -32,16 +32,16 @@ import torch
 from peers import interleaved, timed
 
 from fxopt.engine.backend import Runner
-from fxopt.engine.capture import capture, effective_dims, effective_inputs
 from fxopt.engine.console import Output
 from fxopt.engine.data import DataContext, build_splits
 from fxopt.engine.loading import resolve_model
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.pass_manager import PassManager
-from fxopt.engine.pipeline import load_model
-from fxopt.engine.plan import bind
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.engine.run.bind import bind
+from fxopt.engine.run.capture import capture, effective_dims, effective_inputs
+from fxopt.engine.run.load import load_model
 from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner

@@ -23,11 +23,11 @@ import onnxruntime
 import torch
 from peers import interleaved
 
-from fxopt.engine.capture import capture
 from fxopt.engine.console import Output
-from fxopt.engine.pipeline import prepare
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.engine.run import prepare
+from fxopt.engine.run.capture import capture
 from fxopt.plugins.data.builtin_models import build_model
 
 HERE = Path(__file__).resolve().parent

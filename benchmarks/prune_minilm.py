@@ -27,13 +27,13 @@ import torch
 from peers import interleaved
 
 from fxopt.engine import hookimpl
-from fxopt.engine.capture import capture
 from fxopt.engine.console import Output
 from fxopt.engine.instruments import Instrument
-from fxopt.engine.pipeline import prepare
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
-from fxopt.engine.verify import compare
+from fxopt.engine.run import prepare
+from fxopt.engine.run.capture import capture
+from fxopt.engine.run.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
 from fxopt.plugins.data.sources import stdlib_sentence_corpus

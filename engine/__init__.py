@@ -18,7 +18,7 @@ from .hookspecs import hookimpl
 from .pass_base import Pass, PassConfig, PassContext, PassResult
 from .report import Report
 
-_LAZY = {"ModelIR": ".ir", "optimize": ".pipeline", "RunOptions": ".pipeline"}
+_LAZY = {"ModelIR": ".ir", "optimize": ".run", "RunOptions": ".run_options"}
 
 __all__ = [
     "ALL",

@@ -7,6 +7,7 @@ pass cost what). Plugins add more through ``fxopt_add_instruments``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +27,13 @@ class PassRecord:
     modified: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     numerics: dict[str, float] = field(default_factory=dict)
-    ops_before: int = 0
-    ops_after: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    #: what the pass warned of (:meth:`~.pass_base.PassContext.warn`), shown and reported
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "seconds": round(self.seconds, 4),
-            "modified": self.modified,
-            "metrics": self.metrics,
-            "numerics": self.numerics,
-            "nodes_before": self.ops_before,
-            "nodes_after": self.ops_after,
-        }
+        return {**dataclasses.asdict(self), "seconds": round(self.seconds, 4)}
 
 
 class Instrument:

@@ -60,8 +60,10 @@ class LoadedModel:
     config: dict[str, Any] = field(default_factory=dict)
     #: ``tokenize(texts, sequence_length) -> {input name: tensor}``, when the model has one
     tokenize: Callable[[list[str], int], dict[str, torch.Tensor]] | None = None
-    #: writes what a runtime needs besides the graph (tokenizer, config) into a directory
-    save_assets: Callable[[Path], list[str]] | None = None
+    #: ``save_assets(out_dir, graph_config)`` writes what a runtime needs besides the graph
+    #: (tokenizer, config) into the output; ``graph_config`` is the config as the passes left
+    #: it (pruning changes sizes), which the loader writes in its own format
+    save_assets: Callable[[Path, dict[str, Any]], list[str]] | None = None
 
 
 class Loader:

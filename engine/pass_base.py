@@ -81,6 +81,13 @@ class PassContext:
     #: this pass's position in the recipe's ``[[passes]]`` (set by the pass manager): what
     #: its errors name (``passes[2].config``) and what tells two identical passes apart
     index: int = 0
+    #: where :meth:`warn` records (the pass manager gives each pass its own list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Tell the user now, and record it in the report under this pass's ``warnings``."""
+        self.warnings.append(message)
+        self.output.warn(message)
 
     def required_batches(self, split: str, needed_by: str, alternative: str = "") -> list[Batch]:
         """The split's batches; none is a :class:`DataError` naming ``data.<split>``, what
@@ -112,6 +119,9 @@ class Pass:
     Config: ClassVar[type[PassConfig]] = PassConfig
     #: the data splits this pass reads, checked before the run starts
     needs_data: ClassVar[tuple[str, ...]] = ()
+    #: True for passes that often find nothing to do (the cleanups); for the others the pass
+    #: manager warns when a run of them changed nothing
+    may_change_nothing: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

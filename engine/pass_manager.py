@@ -1,8 +1,11 @@
 """The pass manager: runs the recipe's passes in order, under instruments.
 
 After every pass it lints the graph and checks the pass kept the model's inputs, drops the
-analyses the pass did not preserve, and records time, node counts and (through the numerics
-instrument) the fidelity so far. A failure names the pass and the passes already run:
+analyses the pass did not preserve, and records time, node counts, the pass's warnings and
+(through the numerics instrument) the fidelity so far. A pass that changed nothing, unless
+it says that is normal for it (``may_change_nothing``: the cleanups), is a warning: the user
+asked for int8 or pruning and would otherwise ship the model unchanged without knowing.
+A failure names the pass and the passes already run:
 ``pass 'quantize.int8' failed after [cleanup.dce]: ...``.
 """
 
@@ -37,11 +40,13 @@ class PassManager:
         for index, pass_ in enumerate(self.passes):
             if index < len(done):
                 continue
-            record = PassRecord(pass_.name, ops_before=len(ir.graph.nodes))
+            record = PassRecord(pass_.name, nodes_before=len(ir.graph.nodes))
             ctx.output.step(f"pass {pass_.name}")
             start = time.perf_counter()
+            # each pass gets its own context: its index, and the list its warnings go to
+            pass_ctx = dataclasses.replace(ctx, index=index, warnings=record.warnings)
             try:
-                result = pass_.run(ir, dataclasses.replace(ctx, index=index))
+                result = pass_.run(ir, pass_ctx)
                 _check(ir, result)
             except FxoptError as exc:
                 exc.message = f"{self._where(pass_, records)}: {exc.message}"
@@ -57,7 +62,9 @@ class PassManager:
             ir = result.ir
             if result.modified:
                 ir.invalidate(result.preserved)
-            record.ops_after = len(ir.graph.nodes)
+            record.nodes_after = len(ir.graph.nodes)
+            if not result.modified and not pass_.may_change_nothing:
+                pass_ctx.warn(f"pass {pass_.name!r} changed nothing it was asked to change")
             for instrument in self.instruments:
                 instrument.after_pass(index, pass_, result, record)
             records.append(record)

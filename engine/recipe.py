@@ -10,7 +10,7 @@ Structure (``optimize schema`` prints the full JSON schema)::
     [verify]           the fidelity budget the final artifact must meet
 
 Each pass's ``config`` is validated by that pass's own ``Config`` model once the plugins are
-loaded (:func:`fxopt.engine.plan.bind`), so its errors read ``passes[1].config.ratio`` like
+loaded (:func:`fxopt.engine.run.bind.bind`), so its errors read ``passes[1].config.ratio`` like
 the rest.
 
 Numbers are checked as strictly as keys: a boolean is never a number (``batch_size = true``

@@ -33,6 +33,7 @@ class PassEntry(_Model):
     numerics: dict[str, float] = Field(description="the IR against the reference after it")
     nodes_before: int = 0
     nodes_after: int = 0
+    warnings: list[str] = Field(default_factory=list, description="what the pass warned of")
 
 
 class BudgetEntry(_Model):

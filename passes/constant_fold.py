@@ -26,6 +26,7 @@ class Config(PassConfig):
 
 class ConstantFold(Pass):
     name = "cleanup.constant_fold"
+    may_change_nothing = True
     Config = Config
 
     def run(self, ir, ctx) -> PassResult:

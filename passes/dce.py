@@ -13,6 +13,7 @@ from fxopt.engine.pass_base import Pass, PassResult
 
 class DeadCodeElimination(Pass):
     name = "cleanup.dce"
+    may_change_nothing = True
 
     def run(self, ir, ctx) -> PassResult:
         before = len(ir.graph.nodes)

@@ -21,6 +21,7 @@ DROPOUT_OPS = {
 
 class RemoveDropout(Pass):
     name = "cleanup.dropout"
+    may_change_nothing = True
 
     def run(self, ir, ctx) -> PassResult:
         removed = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fxopt.engine.cli import main
+from fxopt.cli.app import main
 
 
 @dataclass

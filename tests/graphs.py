@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from fxopt.engine.capture import capture
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.loading import LoadedModel
 from fxopt.engine.recipe import DimRange
+from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 
 

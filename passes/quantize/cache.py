@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-from fxopt.engine.cache_entries import check_seal, discard, mark_used, new_entry
-from fxopt.engine.cache_root import CacheRoot
 from fxopt.engine.console import Output
+from fxopt.store.entries import check_seal, discard, mark_used, new_entry
+from fxopt.store.root import CacheRoot
 
 from .op_kinds import Scales
 

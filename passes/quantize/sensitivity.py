@@ -15,7 +15,7 @@ from typing import Any
 
 from fxopt.engine.errors import BudgetError
 from fxopt.engine.recipe import VerifySection
-from fxopt.engine.verify import check_budget
+from fxopt.engine.run.verify import check_budget
 
 Metrics = dict[str, float]
 #: the figures a layer's cost is reported in

@@ -21,9 +21,9 @@ import torch
 from fxopt.engine import hookimpl
 from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import LoadedModel, Loader, LoadOptions
-from fxopt.engine.model_checks import check_finite_weights
 from fxopt.engine.recipe import MAX_AXIS, DimRange
 from fxopt.engine.specs import IndexRange, InputSpec
+from fxopt.plugins.model_checks import check_finite_weights
 
 from .tasks import POOLING_MODES, TASKS, SentenceEmbedding, TaskModule
 
@@ -92,7 +92,7 @@ class HuggingFaceLoader(Loader):
             files=sorted({*weights, *_json_files(path)}),
             config=config,
             tokenize=_tokenize_fn(tokenizer, [s.name for s in inputs]) if tokenizer else None,
-            save_assets=lambda out: _copy_assets(path, out),
+            save_assets=lambda out, graph_config: _copy_assets(path, out, config, graph_config),
         )
 
 
@@ -449,13 +449,23 @@ def _tokenize_fn(tokenizer: Any, names: list[str]):
     return tokenize
 
 
-def _copy_assets(source: Path, out: Path) -> list[str]:
-    """Copy config and tokenizer files so the output directory is self-describing."""
+def _copy_assets(
+    source: Path, out: Path, config: dict[str, Any], graph_config: dict[str, Any]
+) -> list[str]:
+    """Copy the config and tokenizer files so the output directory is self-describing.
+
+    ``config.json`` is written anew when a pass changed sizes (``prune.structured`` records
+    them in the graph's config): it must describe the weights it ships with, or the output
+    cannot be reloaded.
+    """
     written = []
     for name in ("config.json", *TOKENIZER_FILES):
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
             written.append(name)
+    if "config.json" in written and graph_config != config:
+        text = json.dumps(graph_config, indent=2) + "\n"
+        (out / "config.json").write_text(text, encoding="utf-8")
     return written
 
 

@@ -20,8 +20,8 @@ from rich.table import Table
 
 from fxopt.engine.console import Output
 from fxopt.engine.errors import EXIT_OK, EXIT_USAGE
-from fxopt.engine.pipeline import Prepared, prepare
 from fxopt.engine.plugin_host import PluginHost
+from fxopt.engine.run import Prepared, prepare
 from fxopt.plugins.onnx.export import export_onnx
 
 from .backend import TensorRTBackend, TensorRTOptions

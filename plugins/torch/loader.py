@@ -15,9 +15,9 @@ import torch
 from fxopt.engine import hookimpl
 from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import LoadedModel, Loader, LoadOptions
-from fxopt.engine.model_checks import check_finite_weights
 from fxopt.engine.recipe import MAX_AXIS, DimRange
 from fxopt.engine.specs import TORCH_DTYPES, InputSpec
+from fxopt.plugins.model_checks import check_finite_weights
 
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 UNBOUNDED = 4096

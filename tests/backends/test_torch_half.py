@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fxopt.engine.capture import capture
 from fxopt.engine.console import Output
 from fxopt.engine.loading import LoadOptions
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import DimRange, parse_recipe
+from fxopt.engine.run.capture import capture
 from fxopt.passes.cast import CastBF16, CastFP16
 from fxopt.plugins.huggingface.loader import HuggingFaceLoader
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, on_device

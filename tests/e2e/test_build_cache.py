@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fxopt.engine import pass_cache
+from fxopt.engine.run import pass_cache
 from tests.cli import run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe
 from tests.entry_points import with_entry_points
@@ -146,7 +146,7 @@ def test_concurrent_builds_of_one_target_do_the_work_once(tmp_path, tiny_bert_di
     command = [
         sys.executable,
         "-m",
-        "fxopt.engine.cli",
+        "fxopt.cli.app",
         str(recipe),
         str(tiny_bert_dir),
         "-o",

@@ -112,7 +112,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
     )
     listing = json.loads(
         subprocess.run(
-            [python, "-m", "fxopt.engine.cli", "passes", "--json"],
+            [python, "-m", "fxopt.cli.app", "passes", "--json"],
             cwd=tmp_path,
             check=True,
             capture_output=True,
@@ -127,7 +127,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
     digits_module().build(tmp_path, train=1024, epochs=3)
     (tmp_path / "recipe.toml").write_text(textwrap.dedent(RECIPE))
     run = subprocess.run(
-        [python, "-m", "fxopt.engine.cli", "recipe.toml", "model.pt2", "-o", "out", "--json"],
+        [python, "-m", "fxopt.cli.app", "recipe.toml", "model.pt2", "-o", "out", "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

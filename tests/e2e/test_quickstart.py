@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs") / "out"
-    from fxopt.engine.cli import main
+    from fxopt.cli.app import main
 
     code = main([str(ROOT / "recipes" / "quickstart.toml"), "-o", str(out), "-q"])
     return code, out

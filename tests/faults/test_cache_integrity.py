@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fxopt.engine import pass_cache
-from fxopt.engine.cache_root import MARKER, CacheRoot, locate, parse_size
 from fxopt.engine.errors import EXIT_USAGE
+from fxopt.engine.run import pass_cache
+from fxopt.store.root import MARKER, CacheRoot, locate, parse_size
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe
 from tests.entry_points import with_entry_points

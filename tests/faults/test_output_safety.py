@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from fxopt.engine.errors import EXIT_USAGE, DiskSpaceError, OutputError
-from fxopt.engine.output_guard import Seen, check_parent, check_replaceable
-from fxopt.engine.staging import StagedDir, sweep_stale
+from fxopt.store.output_guard import Seen, check_parent, check_replaceable
+from fxopt.store.staging import StagedDir, sweep_stale
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import TINY_RECIPE, write_recipe
 
@@ -217,7 +217,7 @@ def test_a_signal_leaves_nothing_behind(tmp_path, tiny_bert_dir, signum):
     recipe = write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))
     out = tmp_path / "out"
     env = {**os.environ, "FXOPT_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "fxopt.engine.cli", recipe, tiny_bert_dir, "-o", out]
+    command = [sys.executable, "-m", "fxopt.cli.app", recipe, tiny_bert_dir, "-o", out]
     proc = subprocess.Popen([str(c) for c in command], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
@@ -252,7 +252,7 @@ def test_disk_full_on_the_cache_costs_only_the_cache(
 ):
     import errno
 
-    from fxopt.engine import build_cache
+    from fxopt.store import outputs as build_cache
 
     def full(source, dest, skip=frozenset()):
         (dest / "model.onnx").write_bytes(b"partial")

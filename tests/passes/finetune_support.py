@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxopt.engine.capture import capture, effective_dims, effective_inputs
 from fxopt.engine.console import Output
 from fxopt.engine.data import DataContext, build_splits
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.pipeline import RunOptions, load_model
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.engine.run.capture import capture, effective_dims, effective_inputs
+from fxopt.engine.run.load import load_model
+from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.data.sources import stdlib_sentences
 from tests.conftest import write_recipe
 
@@ -134,7 +135,7 @@ def prepare(recipe_path: Path, host=None, *, resume: str | None = None, cache_di
     """Load, capture and build the data as ``optimize`` does; returns (ir, ctx, pass)."""
     host = host or load_plugins()
     recipe = load_recipe(recipe_path)
-    from fxopt.engine.plan import bind
+    from fxopt.engine.run.bind import bind
 
     plan = bind(recipe, host)
     loaded = load_model(host, recipe, recipe.resolve_path(recipe.model.path), RunOptions())

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fxopt.engine.cli import main
+from fxopt.cli.app import main
 from tests.passes.finetune_support import (  # noqa: F401  (fixtures)
     digits_dir,
     digits_recipe,
@@ -45,7 +45,7 @@ def test_two_gloo_processes_give_the_single_process_weights(tmp_path, digits_dir
     env["OMP_NUM_THREADS"] = "1"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "fxopt.engine.cli", str(recipe), "-o", str(ddp), *flags,
+        "-m", "fxopt.cli.app", str(recipe), "-o", str(ddp), *flags,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

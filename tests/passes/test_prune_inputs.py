@@ -8,8 +8,8 @@ from torch import nn
 
 from fxopt.engine import hookimpl
 from fxopt.engine.errors import DataError, RecipeError
-from fxopt.engine.plan import bind
 from fxopt.engine.recipe import parse_recipe
+from fxopt.engine.run.bind import bind
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.prune.config import PruneConfig
 from fxopt.passes.prune.hf_config import updated_config

@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from fxopt.engine.cache_entries import seal
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
+from fxopt.store.entries import seal
 from tests.passes.quantize_support import (
     Collecting,
     Planted,

@@ -7,8 +7,9 @@ import importlib
 import json
 from pathlib import Path
 
-from fxopt.engine.build_cache import HashCache, editable_sources, fingerprint
 from fxopt.engine.recipe import load_recipe
+from fxopt.engine.run.plan import fingerprint
+from fxopt.store.hashes import HashCache, editable_sources
 from tests.conftest import TINY_RECIPE, write_recipe
 
 

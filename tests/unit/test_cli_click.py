@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fxopt.engine import cli
+from fxopt.cli import app as cli
 from tests.cli import assert_clean_failure, run_cli
 
 
@@ -140,7 +140,7 @@ def test_shell_completion():
 
 def test_help_and_usage_errors_do_not_import_torch():
     code = (
-        "import sys; from fxopt.engine.cli import main; "
+        "import sys; from fxopt.cli.app import main; "
         "codes = [main(['--help']), main(['passes', '--help']), main(['--nope'])]; "
         "assert codes == [0, 0, 2], codes; assert 'torch' not in sys.modules"
     )

@@ -1,12 +1,22 @@
 """The engine is the core: it imports nothing from the built-in passes or plugins, which
-reach it only through the hooks a third party uses too."""
+reach it only through the hooks a third party uses too. The store (what fxopt keeps on
+disk) sits below the run: it needs the engine's errors, console and report, nothing more,
+and never torch, which the no-op rerun must not import."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-ENGINE = Path(__file__).resolve().parents[2] / "engine"
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "engine"
+#: what the store may import of fxopt
+STORE_MAY_USE = (
+    "fxopt.store",
+    "fxopt.engine.errors",
+    "fxopt.engine.console",
+    "fxopt.engine.report",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -24,7 +34,20 @@ def test_engine_imports_no_pass_and_no_plugin():
         path.name: sorted(
             m for m in imported_modules(path) if m.startswith(("fxopt.passes", "fxopt.plugins"))
         )
-        for path in sorted(ENGINE.glob("*.py"))
+        for path in sorted(ENGINE.rglob("*.py"))
+    }
+    assert {name: mods for name, mods in offenders.items() if mods} == {}
+
+
+def test_store_uses_only_the_engine_errors_console_and_report_and_never_torch():
+    offenders = {
+        path.name: sorted(
+            m
+            for m in imported_modules(path)
+            if (m.startswith("fxopt") and not m.startswith(STORE_MAY_USE))
+            or m.split(".")[0] in ("torch", "numpy", "onnx", "onnxruntime")
+        )
+        for path in sorted((ROOT / "store").glob("*.py"))
     }
     assert {name: mods for name, mods in offenders.items() if mods} == {}
 
@@ -32,7 +55,7 @@ def test_engine_imports_no_pass_and_no_plugin():
 def test_no_test_module_imports_another_test_module():
     """Shared helpers live in support modules (tests/cli.py, */..._support.py, conftest),
     so running one test file never depends on collecting another."""
-    tests = ENGINE.parent / "tests"
+    tests = ROOT / "tests"
     offenders = {
         path.relative_to(tests).as_posix(): sorted(
             m for m in imported_modules(path) if m.split(".")[-1].startswith("test_")

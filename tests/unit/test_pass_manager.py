@@ -125,9 +125,48 @@ def test_records_and_instruments(tmp_path):
     )
     assert [r.name for r in records] == ["cleanup.dropout", "cleanup.dce"]
     assert records[0].modified and records[0].metrics == {"removed": 2}
-    assert records[0].ops_after == records[0].ops_before - 2
+    assert records[0].nodes_after == records[0].nodes_before - 2
     assert records[0].numerics == {"max_abs": 0.0}
     dumps = sorted(p.name for p in (tmp_path / "ir").iterdir())
     assert dumps == ["00-captured.py", "01-cleanup.dropout.py", "02-cleanup.dce.py"]
     assert "dropout" in (tmp_path / "ir" / "00-captured.py").read_text()
     assert "dropout" not in (tmp_path / "ir" / "01-cleanup.dropout.py").read_text()
+
+
+class Idle(Pass):
+    """Asked to change the model, changes nothing (an int8 pass that found no layer)."""
+
+    name = "test.idle"
+
+    def run(self, ir, ctx):
+        return PassResult(ir, modified=False, preserved=ALL)
+
+
+class Warns(Pass):
+    name = "test.warns"
+
+    def run(self, ir, ctx):
+        ctx.warn("layer 3 left in fp32")
+        return PassResult(ir, modified=True, preserved=ALL)
+
+
+def test_warnings_are_recorded_per_pass_and_a_pass_that_changed_nothing_is_one():
+    ir = capture_module(WithDropout())
+    shown = []
+    ctx = context()
+    ctx.output.warn = shown.append
+    _, records = PassManager([Warns(), Idle(), Touch()]).run(ir, ctx)
+    assert records[0].warnings == ["layer 3 left in fp32"]
+    assert records[1].warnings == ["pass 'test.idle' changed nothing it was asked to change"]
+    assert records[2].warnings == []
+    assert shown == records[0].warnings + records[1].warnings
+    assert records[1].to_json()["warnings"] == records[1].warnings
+    assert ctx.warnings == []  # the run's context is not where a pass's warnings land
+
+
+def test_a_cleanup_that_finds_nothing_is_no_warning():
+    ir = capture_module(WithDropout())
+    ir, _ = PassManager([RemoveDropout()]).run(ir, context())
+    _, records = PassManager([RemoveDropout(), DeadCodeElimination()]).run(ir, context())
+    assert [r.modified for r in records] == [False, False]
+    assert [r.warnings for r in records] == [[], []]

@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from fxopt.engine.errors import RecipeError
-from fxopt.engine.plan import bind
 from fxopt.engine.recipe import Recipe, _scalar_types, load_recipe, parse_recipe
+from fxopt.engine.run.bind import bind
 from fxopt.engine.schema import recipe_schema
 from tests.conftest import write_recipe
 

@@ -14,17 +14,17 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import library_log
-from .backend import Artifact
-from .console import Output
-from .errors import OutputError
-from .loading import LoadOptions
-from .plugin_host import load_plugins
-from .recipe import DimRange
-from .report_model import RunReport
-from .specs import InputSpec
-from .synthetic import synthetic_inputs
-from .timing import reference_vs_optimized
+from fxopt.engine import library_log
+from fxopt.engine.backend import Artifact
+from fxopt.engine.console import Output
+from fxopt.engine.errors import OutputError
+from fxopt.engine.loading import LoadOptions
+from fxopt.engine.plugin_host import load_plugins
+from fxopt.engine.recipe import DimRange
+from fxopt.engine.report_model import RunReport
+from fxopt.engine.specs import InputSpec
+from fxopt.engine.synthetic import synthetic_inputs
+from fxopt.engine.timing import reference_vs_optimized
 
 
 def bench_output(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError
+from fxopt.engine.errors import ModelError
 
 #: how many offending tensors a message lists by name
 LISTED = 5

@@ -22,7 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from fxopt.engine.errors import OutputError
+
 from .output_guard import Seen, foreign_content, observe
 
 #: ``.<name>.fxopt.<host>.<pid>.<random>``: a staging (or set-aside) directory of one run

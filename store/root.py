@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache_entries import SEAL, discard, read_json_object, sweep_temporaries
-from .console import Output
-from .errors import OutputError
+from fxopt.engine.console import Output
+from fxopt.engine.errors import OutputError
+
+from .entries import SEAL, discard, read_json_object, sweep_temporaries
 
 MARKER = "fxopt-cache.json"
 #: sub-directories of sealed, evictable entries

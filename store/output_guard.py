@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DiskSpaceError, OutputError
+from fxopt.engine.errors import DiskSpaceError, OutputError
 
 MANIFEST = "manifest.json"
 #: ``manifest["generator"]`` of every output this fxopt writes

@@ -4,9 +4,9 @@
 Why click: one decorator per option replaces a hand-built parser per command and a dispatch
 table, and click adds shell completion (``_OPTIMIZE_COMPLETE``) and "did you mean" for a
 mistyped option. What stays ours: the first argument is a recipe path unless it names a
-command (:class:`_Optimize`); every command ends in an exit code (:mod:`.errors`) and at most
-one message (:func:`_handle`), usage errors included (:func:`main`). Torch and the pipeline
-are imported inside the commands: ``--help`` and the no-op rerun never import torch.
+command (:class:`_Optimize`); every command ends in an exit code
+(:mod:`fxopt.engine.errors`) and at most one message (:func:`_handle`), usage errors
+included (:func:`main`). Torch and the run are imported inside the commands: ``--help`` and the no-op rerun never import torch.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import click
 from click.shell_completion import CompletionItem
 
-from . import errors, library_log
-from .errors import BudgetError, FxoptError, OutputError, RecipeError, environment_error
+from fxopt.engine import errors, library_log
+from fxopt.engine.errors import BudgetError, FxoptError, OutputError, RecipeError, environment_error
 
 PATH = click.Path(path_type=Path)  # no exists=True: the engine's own errors name file and fix
 CACHE_DIR_HELP = "the cache (default $FXOPT_CACHE_DIR, $XDG_CACHE_HOME/fxopt, ~/.cache/fxopt)"
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cli.main(args, prog_name="optimize", standalone_mode=False)
     except click.ClickException as exc:  # unknown option, missing argument, bad choice, ...
-        from .console import Output
+        from fxopt.engine.console import Output
 
         ctx = getattr(exc, "ctx", None)  # where it happened: the fix names that command's help
         command = ctx.command_path.removesuffix(" run") if ctx else "optimize"
@@ -99,7 +99,7 @@ class _Command(click.Command):
     inside :func:`_handle`, before click could turn a Ctrl-C into its own ``Abort``."""
 
     def invoke(self, ctx: click.Context) -> int:
-        from .console import Output
+        from fxopt.engine.console import Output
 
         output = Output(quiet=ctx.params.get("quiet", False) or ctx.params.get("json", False))
         with _signals_interrupt(), library_log.collected():
@@ -140,7 +140,7 @@ class _Optimize(click.Group):
 
 def _complete_kinds(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """``--kind``: the kinds of the installed plugins (packages add kinds as they load)."""
-    from .plugin_host import load_plugins
+    from fxopt.engine.plugin_host import load_plugins
 
     with contextlib.suppress(FxoptError):
         return [kind for kind in load_plugins().registries() if kind.startswith(incomplete)]
@@ -206,8 +206,8 @@ def run(args: SimpleNamespace, output) -> None:
 
     Optimize the model as RECIPE says, verify it, write the artifact. MODEL_DIR: the model
     directory or .pt2 (default: the recipe's [model] path)."""
-    from .build_cache import plan_build
-    from .run_options import RunOptions
+    from fxopt.engine.run.plan import plan_build
+    from fxopt.engine.run_options import RunOptions
 
     # the options are named after RunOptions' fields
     options = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
@@ -217,7 +217,7 @@ def run(args: SimpleNamespace, output) -> None:
         output.quiet = True
     report = build.finished()  # the no-op path: answered before torch is imported
     if report is None:
-        from .pipeline import execute
+        from fxopt.engine.run import execute
 
         report = execute(build, options, output)
     if args.json:
@@ -242,7 +242,7 @@ def cache(args: SimpleNamespace, output) -> None:
 
     info: size, limit, entries; clear: remove every entry; limit SIZE (e.g. 2GiB, 500MB):
     least recently used entries go first."""
-    from .cache_root import CacheRoot, locate, parse_size
+    from fxopt.store.root import CacheRoot, locate, parse_size
 
     location = locate(args.cache_dir)
     if location.path is None:
@@ -283,9 +283,9 @@ def cache(args: SimpleNamespace, output) -> None:
 @_plugin_option
 def validate(args: SimpleNamespace, output) -> None:
     """Check a recipe against the installed plugins; run nothing."""
-    from .plan import bind
-    from .plugin_host import load_plugins
-    from .recipe import check_files, load_recipe
+    from fxopt.engine.plugin_host import load_plugins
+    from fxopt.engine.recipe import check_files, load_recipe
+    from fxopt.engine.run.bind import bind
 
     recipe = load_recipe(args.recipe)
     host = load_plugins(only=args.plugins)
@@ -308,7 +308,7 @@ def passes(args: SimpleNamespace, output) -> None:
 
     TEXT (or --filter TEXT) keeps the names containing it. Without --kind, a kind with more
     than 25 matching entries (the layer pruners) shows as one count line."""
-    from .plugin_host import load_plugins
+    from fxopt.engine.plugin_host import load_plugins
 
     host = load_plugins(only=args.plugins)
     if args.kind not in (None, *(kinds := host.registries())):
@@ -344,8 +344,8 @@ def passes(args: SimpleNamespace, output) -> None:
 @cli.command()
 def schema(args: SimpleNamespace, output) -> None:
     """Print the recipe JSON schema."""
-    from .plugin_host import load_plugins
-    from .schema import recipe_schema
+    from fxopt.engine.plugin_host import load_plugins
+    from fxopt.engine.schema import recipe_schema
 
     print(json.dumps(recipe_schema(load_plugins()), indent=2))
 
@@ -395,7 +395,7 @@ def check(args: SimpleNamespace, output) -> int:
     Load, capture and run the recipe's passes, then ask the backend's plugin to check
     statically whether it would build the result (TensorRT: ONNX ops, Q/DQ rules, shape
     profiles). Exit code 0: it would, 2: problems found."""
-    from .plugin_host import load_plugins
+    from fxopt.engine.plugin_host import load_plugins
 
     host = load_plugins(only=args.plugins)
     code = host.pm.hook.fxopt_check(

@@ -5,7 +5,7 @@ temporary name, sealed with ``seal.json`` (the sha256 of each of its files) and 
 place. A reader calls :func:`check_seal` first: a flipped bit, a truncated file or a hand-edited
 JSON makes the entry *damaged*, and a damaged entry is removed with a warning and rebuilt,
 never reused. A read marks the entry used (the seal's mtime), which is what least-recently-used
-eviction orders by (:mod:`.cache_root`).
+eviction orders by (:mod:`.root`).
 
 Kept free of torch: the build cache's no-op path uses it too.
 """

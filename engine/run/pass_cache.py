@@ -9,12 +9,13 @@ result instead of recalibrating or retraining. Only passes that took at least
 The graph is stored as a ``torch.export`` archive. Custom ``node.meta`` entries do not survive
 the round trip, so a pass must not rely on another pass's metadata across a cache boundary;
 anything that fails to save or load is reported as a warning and recomputed, never fatal.
-Entries are sealed (:mod:`.cache_entries`): one whose files no longer match their recorded
+Entries are sealed (:mod:`fxopt.store.entries`): one whose files no longer match their recorded
 sha256 is removed and recomputed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from typing import Any
 
 import torch
 
-from .cache_entries import check_seal, discard, mark_used, new_entry
-from .cache_root import CacheRoot
-from .console import Output
-from .instruments import Instrument, PassRecord
-from .ir import ModelIR
+from fxopt.store.entries import check_seal, discard, mark_used, new_entry
+from fxopt.store.root import CacheRoot
+
+from ..console import Output
+from ..instruments import Instrument, PassRecord
+from ..ir import ModelIR
 
 MIN_SECONDS = 1.0
 
@@ -104,7 +106,8 @@ class PassCache:
                     ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
                 )
                 torch.export.save(program, str(tmp / "ir.pt2"))
-                state = {"records": [_record_fields(r) for r in records], "config": ir.meta.config}
+                records_json = [dataclasses.asdict(r) for r in records]
+                state = {"records": records_json, "config": ir.meta.config}
                 (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
             CacheRoot(self.root.parent).evict(keep=entry, output=self.output)
         except Exception as exc:
@@ -130,15 +133,3 @@ def _adopt(ir: ModelIR, module: torch.fx.GraphModule) -> None:
     module.recompile()
     ir.module = module
     ir.invalidate()
-
-
-def _record_fields(record: PassRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "seconds": record.seconds,
-        "modified": record.modified,
-        "metrics": record.metrics,
-        "numerics": record.numerics,
-        "ops_before": record.ops_before,
-        "ops_after": record.ops_after,
-    }

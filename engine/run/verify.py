@@ -1,7 +1,7 @@
 """Fidelity: compare a candidate's outputs with the reference model's, and check the budget.
 
-What is compared is the task's to say (:class:`~.task.Task`: pooled sentence embeddings for
-encoders, logits plus top-1 agreement for classifiers, every output flattened for the generic
+What is compared is the task's to say (:class:`~fxopt.engine.task.Task`: pooled sentence
+embeddings for encoders, logits plus top-1 agreement for classifiers, every output flattened for the generic
 task). The cosine is per sample, so ``cosine_min`` finds the one sentence a change broke.
 """
 
@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .recipe import VerifySection
-from .task import Task
+from ..recipe import VerifySection
+from ..task import Task
+from ..timing import reference_vs_optimized
+from .reference import feeds, run_batches
+from .state import RunState
 
 #: budget field -> (metric it bounds, True when the metric must be at least the bound)
 BOUNDS: dict[str, tuple[str, bool]] = {
@@ -97,3 +100,29 @@ def check_budget(metrics: dict[str, float], budget: VerifySection) -> list[Budge
         passed = value is not None and (value >= bound if at_least else value <= bound)
         lines.append(BudgetLine(field, metric, bound, value, passed))
     return lines
+
+
+def stage(run: RunState) -> None:
+    """Stage ``verify``: the artifact's outputs against the reference, the budget, latency."""
+    candidate = run_batches(run.runner, run.splits["verification"], run.output, "artifact")
+    run.metrics = compare(run.reference, candidate, run.masks(), run.task)
+    run.budget = check_budget(run.metrics, run.recipe.verify)
+    if run.recipe.verify.latency:
+        with run.output.stage("timing the artifact against the original model"):
+            run.latency = latency(run)
+
+
+def latency(run: RunState) -> dict[str, Any]:
+    """The artifact's and the eager model's latency on the first verification batch."""
+    batch = run.splits["verification"][0]
+    reference = run.task.reference_runner(run.loaded)
+    ref_feeds = feeds(batch, reference.input_names)
+    got_feeds = feeds(batch, run.runner.input_names)
+    return {
+        "shape": {k: list(v.shape) for k, v in batch.items() if k in got_feeds},
+        **reference_vs_optimized(
+            lambda: reference.run(ref_feeds),
+            lambda: run.runner.run(got_feeds),
+            run.recipe.verify.latency_iters,
+        ),
+    }

@@ -13,12 +13,13 @@ import traceback
 
 import torch
 
-from .errors import CaptureError, RecipeError
-from .ir import ModelIR, ModelMeta
-from .loading import LoadedModel
-from .recipe import DimRange, ModelSection
-from .specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
-from .synthetic import synthetic_inputs
+from ..errors import CaptureError, RecipeError
+from ..ir import ModelIR, ModelMeta
+from ..loading import LoadedModel
+from ..recipe import DimRange, ModelSection
+from ..specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
+from ..synthetic import synthetic_inputs
+from .state import RunState
 
 DOCS_HINT = (
     "see docs/capture.md (and https://pytorch.org/docs/stable/export.html) for the usual "
@@ -150,3 +151,10 @@ def _describe(exc: Exception) -> str:
                 where = f" ({line.strip()})"
                 break
     return f"torch.export could not capture the model: {type(exc).__name__}: {head}{where}"
+
+
+def stage(run: RunState) -> None:
+    """Stage ``capture``: the loaded model as the IR the passes rewrite."""
+    loaded = run.loaded
+    with run.output.stage("capturing with torch.export"):
+        run.ir = capture(loaded, loaded.inputs, loaded.dims, source=str(run.model_path))

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .backend import Backend
-from .errors import RecipeError
-from .pass_base import Pass
-from .plugin_host import PluginHost
-from .recipe import Recipe, validation_error
+from ..backend import Backend
+from ..errors import RecipeError
+from ..pass_base import Pass
+from ..plugin_host import PluginHost
+from ..recipe import Recipe, validation_error
 
 
 @dataclass

@@ -1,0 +1,33 @@
+"""Stage ``reference``: the original model's outputs on the verification set, by its task."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Runner
+from ..console import Output
+from ..data import Batch
+from .state import RunState
+
+
+def stage(run: RunState) -> None:
+    run.task = run.host.tasks.get(run.loaded.task, file=run.recipe.label, field="model.task")()
+    runner = run.task.reference_runner(run.loaded)
+    run.reference = run_batches(runner, run.splits["verification"], run.output, "reference")
+
+
+def run_batches(
+    runner: Runner, batches: list[Batch], output: Output, label: str
+) -> list[list[np.ndarray]]:
+    """Every batch through ``runner``, with a progress bar."""
+    outputs = []
+    with output.task(f"running {label}", len(batches)) as advance:
+        for batch in batches:
+            outputs.append(runner.run(feeds(batch, runner.input_names)))
+            advance(1)
+    return outputs
+
+
+def feeds(batch: Batch, names: list[str]) -> dict[str, np.ndarray]:
+    """The batch's tensors a runner takes, as numpy arrays."""
+    return {name: batch[name].numpy() for name in names}

@@ -1,0 +1,76 @@
+"""What the stages of a run hand each other, in one place."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fxopt.store.staging import StagedDir
+
+    from ..backend import Artifact, Runner
+    from ..console import Output
+    from ..data import Batch
+    from ..instruments import PassRecord
+    from ..ir import ModelIR
+    from ..loading import LoadedModel
+    from ..plugin_host import PluginHost
+    from ..recipe import Recipe
+    from ..run_options import RunOptions
+    from ..task import Task
+    from .bind import Plan
+    from .pass_cache import PassCache
+    from .verify import BudgetLine
+
+
+@dataclass
+class RunState:
+    """One run: its inputs, then each stage's product, filled in stage order.
+
+    A stage reads only what the stages before it filled in, so the executor's list of stages
+    is the whole story of a run; nothing else passes state between them.
+    """
+
+    recipe: Recipe
+    plan: Plan
+    host: PluginHost
+    model_path: Path
+    options: RunOptions
+    output: Output
+    #: the cache passes may use (calibration, checkpoints); ``None``: no cache at all
+    cache_dir: Path | None = None
+    pass_cache: PassCache | None = None
+    build_key: str = ""
+    #: where the output is staged; ``None`` for a run that writes nothing (a torchrun peer,
+    #: ``optimize check``)
+    staged: StagedDir | None = None
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    # load
+    loaded: LoadedModel | None = None
+    splits: dict[str, list[Batch]] = field(default_factory=dict)
+    # reference
+    task: Task | None = None
+    reference: list[list[np.ndarray]] = field(default_factory=list)
+    # capture, passes
+    ir: ModelIR | None = None
+    records: list[PassRecord] = field(default_factory=list)
+    # lower
+    artifact: Artifact | None = None
+    runner: Runner | None = None
+    # verify
+    metrics: dict[str, float] = field(default_factory=dict)
+    budget: list[BudgetLine] = field(default_factory=list)
+    latency: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(line.passed for line in self.budget)
+
+    def masks(self) -> list[np.ndarray | None]:
+        """The task's mask of each verification batch (padding left out of the metrics)."""
+        return [self.task.mask(b) for b in self.splits["verification"]]

@@ -1,0 +1,146 @@
+"""Stage ``write``: the report, the loader's assets and the manifest, then the commit.
+
+The output is staged (:class:`~fxopt.store.staging.StagedDir`) and renamed into place only
+when the budget held; a missed budget leaves the target untouched and the report in
+``<out>.rejected/``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from fxopt.store.hashes import HashCache
+from fxopt.store.manifest import build_manifest
+from fxopt.store.output_guard import MANIFEST, Seen, foreign_rejected, relative_files
+from fxopt.store.staging import StagedDir
+
+from .. import library_log
+from ..errors import BudgetError, FxoptError
+from ..instruments import PassRecord
+from ..report import Report
+from ..report_model import RunReport
+from .plan import data_files
+from .state import RunState
+
+
+def stage(run: RunState) -> Report:
+    tmp, target, loaded = run.staged.path, run.staged.target, run.loaded
+    if loaded.save_assets is not None:
+        loaded.save_assets(tmp, run.ir.meta.config)
+    run.seconds["total"] = time.perf_counter() - run.started
+    report = build_report(run)
+    report.write(tmp)
+    if warned := library_log.write(tmp):
+        run.output.step(f"{warned} warning(s) from libraries in {target / library_log.LOG_FILE}")
+    # every file the output holds is listed, so a later --force can tell it is all fxopt's
+    manifest = build_manifest(
+        build_key=run.build_key,
+        hasher=HashCache(None).sha256,
+        recipe=run.recipe.source,
+        model_files=loaded.files,
+        data_files=data_files(run.recipe),
+        artifacts=[name for name in relative_files(tmp) if name != MANIFEST],
+        out_dir=tmp,
+    )
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if not run.passed:
+        raise budget_error(report, target)
+    run.staged.commit()
+    report.data["out_dir"] = str(target)
+    return report
+
+
+def build_report(run: RunState) -> Report:
+    """The typed report of a finished run (``report.json`` is its dump)."""
+    ir, module = run.ir, run.loaded.module
+    tensors = [*module.parameters(), *module.buffers()]
+    typed = RunReport(
+        fxopt=_version(),
+        passed=run.passed,
+        recipe=str(run.recipe.source) if run.recipe.source else None,
+        model_path=str(run.model_path),
+        task=ir.meta.task,
+        inputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in ir.inputs],
+        dims={k: v.model_dump() for k, v in run.loaded.dims.items()},
+        passes=[r.to_json() for r in run.records],
+        verify={
+            "metrics": run.metrics,
+            "budget": [line.to_json() for line in run.budget],
+            "passed": run.passed,
+            "costliest_step": _costliest(run.records, run.metrics),
+        },
+        model={
+            "params_before": sum(p.numel() for p in module.parameters()),
+            "params_after": ir.parameter_count(),
+            "bytes_before": sum(t.numel() * t.element_size() for t in tensors),
+            "bytes_after": ir.byte_size(),
+            "ops_after": ir.ops(),
+        },
+        latency_ms=run.latency,
+        target=run.recipe.target.model_dump(),
+        artifacts=run.artifact.to_json(),
+        seconds={k: round(v, 3) for k, v in run.seconds.items()},
+    )
+    return Report(typed.model_dump(mode="json", exclude={"cache", "out_dir"}))
+
+
+def _costliest(records: list[PassRecord], final: dict[str, float]) -> dict[str, Any] | None:
+    """The step (a pass, or lowering) whose output lost the most cosine."""
+    steps, previous = [], 1.0
+    for record in records:
+        if "cosine_mean" in record.numerics:
+            steps.append((record.name, previous - record.numerics["cosine_mean"]))
+            previous = record.numerics["cosine_mean"]
+    steps.append(("lowering", previous - final["cosine_mean"]))
+    name, drop = max(steps, key=lambda s: s[1])
+    return {"name": name, "cosine_drop": drop}
+
+
+def budget_error(report: Report, target: Path) -> BudgetError:
+    """The missed budget as an error naming the misses and the costliest step; the report
+    goes to ``<out>.rejected``."""
+    rejected = target.with_name(target.name + ".rejected")
+    where = write_rejected(report, rejected)
+    misses = [b for b in report["verify"]["budget"] if not b["passed"]]
+    detail = "; ".join(
+        f"{b['metric']} = {b['value']:.6f}, bound {b['field']} = {b['bound']}" for b in misses
+    )
+    step = report["verify"]["costliest_step"]
+    error = BudgetError(
+        f"fidelity budget missed: {detail}; costliest step: {step['name']} "
+        f"(cosine -{step['cosine_drop']:.6f}); nothing written to {target}, {where}",
+        file=report["recipe"],
+        field="verify",
+        fix="relax [verify] or change the passes that cost the most",
+    )
+    error.report = report
+    return error
+
+
+def write_rejected(report: Report, rejected: Path) -> str:
+    """Write a rejected run's report to ``<out>.rejected`` (replacing only an earlier one) and
+    say where it went."""
+    if (problem := foreign_rejected(rejected)) is not None:
+        return f"report not written ({rejected} {problem})"
+    try:
+        staged = StagedDir(rejected, Seen(exists=False))
+        with staged as tmp:
+            report.write(tmp)
+            library_log.write(tmp)
+            shutil.rmtree(rejected, ignore_errors=True)  # an earlier rejected report of ours
+            staged.commit()
+    except (OSError, FxoptError) as exc:
+        return f"report not written ({exc})"
+    return f"report in {rejected}"
+
+
+def _version() -> str:
+    try:
+        return md.version("fxopt")
+    except md.PackageNotFoundError:
+        return "unknown"

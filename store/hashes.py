@@ -1,0 +1,137 @@
+"""File hashes: what an output's identity is computed from.
+
+Hashing a 90 MB model takes a second; a rerun that changed nothing must take less, so hashes are
+remembered by the file's stat (:class:`HashCache`). The Python sources of editable installs are
+hashed as well: their code moves without their version moving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import urllib.parse
+from pathlib import Path
+
+from .entries import file_sha256, read_json_object
+
+
+class HashCache:
+    """sha256 of files, remembered by their stat so unchanged files are not re-read.
+
+    The remembered stat is (size, mtime, ctime, inode): a file rewritten in place with its
+    size and mtime put back still gets a new ctime, which no user call can set, so it is
+    hashed again. ``trust_stat=False`` (``--verify-inputs``) re-hashes every file.
+    """
+
+    def __init__(self, path: Path | None, *, trust_stat: bool = True) -> None:
+        self.path = path
+        self.trust_stat = trust_stat
+        self.known: dict[str, list] = {}
+        if path is not None:
+            known = read_json_object(path) or {}
+            self.known = {k: v for k, v in known.items() if _stat_record(v)}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        seen = self.known.get(key)
+        if self.trust_stat and seen and seen[:4] == signature:
+            return seen[4]
+        digest = file_sha256(file)
+        self.known[key] = [*signature, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        """Remember the hashes; a cache that cannot be written costs re-hashing, nothing more."""
+        if self.path is None or not self.dirty:
+            return
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.known), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+
+def _stat_record(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 5
+        and all(isinstance(v, int) for v in value[:4])
+        and isinstance(value[4], str)
+    )
+
+
+def model_files(model_path: Path) -> list[Path]:
+    """Every file that can affect loading: the archive, or all non-hidden files of the dir."""
+    if model_path.is_file():
+        return [model_path]
+    return sorted(
+        p
+        for p in model_path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_path).parts)
+    )
+
+
+def editable_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
+    """``{distribution: digest of its project's Python files}`` for each named distribution
+    installed in editable mode (``pip install -e``, PEP 610's ``dir_info.editable``).
+
+    Someone developing fxopt or a plugin changes its code without changing its version; keyed
+    on the version alone, the cache would hand back outputs the old code built.
+    """
+    found = {}
+    for name in names:
+        root = _editable_root(name)
+        if root is None:
+            continue
+        digest = hashlib.sha256()
+        for file in _project_sources(root):
+            digest.update(f"{file.relative_to(root).as_posix()}:{hashes.sha256(file)}\n".encode())
+        found[name] = digest.hexdigest()
+    return found
+
+
+def _editable_root(name: str) -> Path | None:
+    """The project directory of an editable install of ``name``, else ``None``. Every
+    metadata directory of that name is asked: run from a setuptools project's root, its
+    ``*.egg-info`` (no ``direct_url.json``) comes before the installed one."""
+    for dist in md.distributions(name=name):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            info = json.loads(dist.read_text("direct_url.json") or "null")
+            url = info.get("url", "")
+            if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+                root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+                return root if root.is_dir() else None
+    return None
+
+
+def _project_sources(root: Path) -> list[Path]:
+    """The ``.py`` files of a project tree, leaving out hidden and build directories and
+    virtual environments (a ``.venv`` inside the project holds thousands)."""
+    files, pending = [], [root]
+    while pending:
+        directory = pending.pop()
+        with contextlib.suppress(OSError):
+            for entry in directory.iterdir():
+                if entry.is_file() and entry.suffix == ".py":
+                    files.append(entry)
+                elif entry.is_dir() and not _skipped_dir(entry):
+                    pending.append(entry)
+    return sorted(files)
+
+
+def _skipped_dir(path: Path) -> bool:
+    name = path.name
+    return (
+        name.startswith((".", "__"))
+        or name in ("build", "dist", "node_modules")
+        or name.endswith(".egg-info")
+        or (path / "pyvenv.cfg").exists()
+    )
