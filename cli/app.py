@@ -6,7 +6,8 @@ table, and click adds shell completion (``_OPTIMIZE_COMPLETE``) and "did you mea
 mistyped option. What stays ours: the first argument is a recipe path unless it names a
 command (:class:`_Optimize`); every command ends in an exit code
 (:mod:`fxopt.engine.errors`) and at most one message (:func:`_handle`), usage errors
-included (:func:`main`). Torch and the run are imported inside the commands: ``--help`` and the no-op rerun never import torch.
+included (:func:`main`). Torch and the run are imported inside the commands: ``--help``
+and the no-op rerun never import torch.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Fidelity: compare a candidate's outputs with the reference model's, and check the budget.
 
 What is compared is the task's to say (:class:`~fxopt.engine.task.Task`: pooled sentence
-embeddings for encoders, logits plus top-1 agreement for classifiers, every output flattened for the generic
-task). The cosine is per sample, so ``cosine_min`` finds the one sentence a change broke.
+embeddings for encoders, logits plus top-1 agreement for classifiers, every output flattened
+for the generic task). The cosine is per sample, so ``cosine_min`` finds the one sentence a
+change broke.
 """
 
 from __future__ import annotations
