@@ -15,21 +15,30 @@ from .verify import compare
 
 
 def stage(run: RunState) -> None:
-    recipe, loaded = run.recipe, run.loaded
     instruments = []
-    if recipe.verify.pass_samples > 0:
-        instruments.append(Numerics(evaluator(run, recipe.verify.pass_samples)))
+    if run.recipe.verify.pass_samples > 0:
+        instruments.append(Numerics(evaluator(run, run.recipe.verify.pass_samples)))
     if run.options.dump_ir is not None:
         instruments.append(DumpIR(run.options.dump_ir))
-    for extra in run.host.pm.hook.fxopt_add_instruments(recipe=recipe):
+    for extra in run.host.pm.hook.fxopt_add_instruments(recipe=run.recipe):
         instruments.extend(extra or [])
+    done = run.pass_cache.resume(run.ir) if run.pass_cache else []
+    if run.pass_cache:
+        instruments.append(run.pass_cache.instrument(done))
+    manager = PassManager(run.plan.passes, instruments)
+    run.ir, run.records = manager.run(run.ir, context(run), done)
+
+
+def context(run: RunState) -> PassContext:
+    """What the passes may use besides the IR: data, the reference model, the cache."""
+    recipe, loaded = run.recipe, run.loaded
 
     def reference(feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         with torch.no_grad():
             out = loaded.module(*(feeds[s.name] for s in loaded.inputs))
         return list(out)
 
-    ctx = PassContext(
+    return PassContext(
         recipe=recipe,
         batches=lambda split: run.splits.get(split, []),
         reference=reference,
@@ -40,10 +49,6 @@ def stage(run: RunState) -> None:
         resume=run.options.resume,
         reference_module=loaded.module,
     )
-    done = run.pass_cache.resume(run.ir) if run.pass_cache else []
-    if run.pass_cache:
-        instruments.append(run.pass_cache.instrument(done))
-    run.ir, run.records = PassManager(run.plan.passes, instruments).run(run.ir, ctx, done)
 
 
 def evaluator(run: RunState, limit: int) -> Callable[[ModelIR], dict[str, float]]:

@@ -16,12 +16,11 @@ import pytest
 import torch
 
 from fxopt.engine.console import Output
-from fxopt.engine.data import DataContext, build_splits
-from fxopt.engine.pass_base import PassContext
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run.capture import capture, effective_dims, effective_inputs
-from fxopt.engine.run.load import load_model
+from fxopt.engine.run import capture, load, passes, reference
+from fxopt.engine.run.bind import bind
+from fxopt.engine.run.state import RunState
 from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.data.sources import stdlib_sentences
 from tests.conftest import write_recipe
@@ -132,39 +131,21 @@ def digits_recipe(
 
 
 def prepare(recipe_path: Path, host=None, *, resume: str | None = None, cache_dir=None):
-    """Load, capture and build the data as ``optimize`` does; returns (ir, ctx, pass)."""
+    """Load, capture and build the data with the run's own stages; returns (ir, ctx, pass)."""
     host = host or load_plugins()
     recipe = load_recipe(recipe_path)
-    from fxopt.engine.run.bind import bind
-
-    plan = bind(recipe, host)
-    loaded = load_model(host, recipe, recipe.resolve_path(recipe.model.path), RunOptions())
-    specs = effective_inputs(loaded, recipe.model, recipe.label)
-    loaded.inputs = specs
-    loaded.dims = effective_dims(loaded, recipe.model, specs, recipe.label)
-    splits = build_splits(
+    run = RunState(
         recipe,
-        host.datasets,
-        lambda split: DataContext(specs, loaded.dims, loaded.tokenize, recipe, split),
-    )
-    ir = capture(loaded, specs, loaded.dims, source=str(recipe.model.path))
-
-    def reference(feeds):
-        with torch.no_grad():
-            return list(loaded.module(*(feeds[s.name] for s in specs)))
-
-    ctx = PassContext(
-        recipe=recipe,
-        batches=lambda split: splits.get(split, []),
-        reference=reference,
-        evaluate=lambda ir: {},
+        bind(recipe, host),
+        host,
+        recipe.resolve_path(recipe.model.path),
+        RunOptions(resume=resume),
+        Output(quiet=True),
         cache_dir=cache_dir or recipe_path.parent / "cache",
-        output=Output(quiet=True),
-        plugins=host,
-        resume=resume,
-        reference_module=loaded.module,
     )
-    return ir, ctx, plan.passes[0]
+    for stage in (load.stage, reference.stage, capture.stage):
+        stage(run)
+    return run.ir, passes.context(run), run.plan.passes[0]
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -162,43 +162,53 @@ class AcmePlugin:
         return step == 2  # stop after the third step
 
 
-@pytest.fixture
-def acme_host():
+@pytest.fixture(scope="module")
+def acme_runs(tmp_path_factory, digits_dir):
+    """A third-party plugin (an attack and the three training hooks) over two fine-tunes:
+    its own attack for three steps (its step-end hook stops it there), then the built-in
+    FGSM for two. Returns what the plugin saw in each, and the first run's metrics."""
     from fxopt.engine.plugin_host import load_plugins
 
+    tmp_path = tmp_path_factory.mktemp("acme")
     host = load_plugins()
     host.register(AcmePlugin(), name="acme", origin="acme-attacks 1.0")
-    yield host
-    host.unregister("acme")
+    seen = {}
+    try:
+        for name, config in (
+            ("acme", 'max_steps = 10\nevaluate = false\n[adversarial]\nmethod = "acme.zero"'),
+            ("fgsm", 'max_steps = 2\nevaluate = false\n[adversarial]\nmethod = "fgsm"'),
+        ):
+            ZeroAttack.calls = 0
+            AcmePlugin.perturbed, AcmePlugin.steps, AcmePlugin.batches = [], [], []
+            recipe = digits_recipe(tmp_path, digits_dir, config, name=f"{name}.toml")
+            ir, ctx, finetune = prepare(recipe, host)
+            metrics = finetune.run(ir, ctx).metrics
+            seen[name] = {
+                "attack_calls": ZeroAttack.calls,
+                "metrics": metrics,
+                "perturbed": AcmePlugin.perturbed,
+                "steps": [s for s, _ in AcmePlugin.steps],
+                "batches": AcmePlugin.batches,
+            }
+    finally:
+        host.unregister("acme")
     assert "acme.zero" not in host.attacks
+    return seen
 
 
-def test_a_third_party_attack_and_step_hooks_are_used(tmp_path, digits_dir, acme_host):
-    ZeroAttack.calls = 0
-    AcmePlugin.perturbed, AcmePlugin.steps, AcmePlugin.batches = [], [], []
-    recipe = digits_recipe(
-        tmp_path,
-        digits_dir,
-        """
-        max_steps = 10
-        evaluate = false
-        [adversarial]
-        method = "acme.zero"
-        """,
-    )
-    ir, ctx, finetune = prepare(recipe, acme_host)
-    metrics = finetune.run(ir, ctx).metrics
-    assert ZeroAttack.calls == 3 and metrics["steps"] == 3
-    assert [s for s, _ in AcmePlugin.steps] == [0, 1, 2]
-    assert AcmePlugin.batches == [64, 64, 64]
-    assert AcmePlugin.perturbed == []  # ZeroAttack never asks for refinement
-    # the built-in FGSM calls the perturb hook once per step
-    recipe = digits_recipe(
-        tmp_path,
-        digits_dir,
-        'max_steps = 2\nevaluate = false\n[adversarial]\nmethod = "fgsm"',
-        name="fgsm.toml",
-    )
-    ir, ctx, finetune = prepare(recipe, acme_host)
-    finetune.run(ir, ctx)
-    assert AcmePlugin.perturbed == [0, 1]
+def test_hook_fxopt_register_attacks_puts_a_third_party_attack_in_the_loop(acme_runs):
+    assert acme_runs["acme"]["attack_calls"] == 3
+    assert acme_runs["acme"]["metrics"]["steps"] == 3
+
+
+def test_hook_fxopt_adversarial_perturb_refines_the_builtin_attacks(acme_runs):
+    assert acme_runs["acme"]["perturbed"] == []  # ZeroAttack never asks for refinement
+    assert acme_runs["fgsm"]["perturbed"] == [0, 1]  # FGSM asks once per step
+
+
+def test_hook_fxopt_train_step_begin_sees_each_batch(acme_runs):
+    assert acme_runs["acme"]["batches"] == [64, 64, 64]
+
+
+def test_hook_fxopt_train_step_end_can_stop_the_loop(acme_runs):
+    assert acme_runs["acme"]["steps"] == [0, 1, 2]  # it answered True after step 2

@@ -109,7 +109,7 @@ class HardshrinkPlugin:
         registry.register("aten.hardshrink.default", Elementwise())
 
 
-def test_a_plugin_layer_pruner_makes_the_group_prunable(host):
+def test_hook_fxopt_register_layer_pruners_makes_the_group_prunable(host):
     host.register(HardshrinkPlugin(), name="test-hardshrink")
     try:
         assert host.layer_pruners.entry("aten.hardshrink.default").origin == "test-hardshrink"

@@ -24,7 +24,9 @@ def test_builtins_register_through_the_entry_point_group():
     assert host.failures == []
 
 
-def test_third_party_pass_is_registered_and_runs(monkeypatch, capsys, tmp_path, tiny_bert_dir):
+def test_hook_fxopt_register_passes_a_third_party_pass_runs(
+    monkeypatch, capsys, tmp_path, tiny_bert_dir
+):
     with_entry_points(monkeypatch, scale="tests.fixtures.plugins.good")
     host = load_plugins()
     assert "thirdparty.scale" in host.passes
@@ -142,7 +144,7 @@ class _WidgetOwner:
         host.add_registry("widgets", "widget", "thirdparty_register_widgets")
 
 
-def test_fxopt_add_hookspecs_declares_a_registry_without_editing_the_engine():
+def test_hook_fxopt_add_hookspecs_declares_a_registry_without_editing_the_engine():
     host = load_plugins(entry_points=False)
     host.register(_WidgetUser, name="user")  # before the owner: filled when it arrives
     host.register(_WidgetOwner, name="owner")
@@ -160,7 +162,7 @@ def test_package_registries_come_from_their_packages():
     assert "fxopt_register_attacks" not in vars(hookspecs)  # declared by finetune itself
 
 
-def test_fxopt_check_is_answered_by_the_backends_plugin(capsys, monkeypatch, tmp_path):
+def test_hook_fxopt_check_is_answered_by_the_backends_plugin(capsys, monkeypatch, tmp_path):
     with_entry_points(monkeypatch, kitchen="tests.fixtures.plugins.kitchen")
     recipe = write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))
     result = run_cli(capsys, "check", recipe, "--backend", "thirdparty.eager")
