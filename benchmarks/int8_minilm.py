@@ -33,15 +33,15 @@ from peers import interleaved, timed
 
 from fxopt.engine.backend import Runner
 from fxopt.engine.console import Output
-from fxopt.engine.data import DataContext, build_splits
 from fxopt.engine.loading import resolve_model
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.pass_manager import PassManager
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import load_recipe
+from fxopt.engine.run import load
 from fxopt.engine.run.bind import bind
-from fxopt.engine.run.capture import capture, effective_dims, effective_inputs
-from fxopt.engine.run.load import load_model
+from fxopt.engine.run.capture import capture
+from fxopt.engine.run.state import RunState
 from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
@@ -106,15 +106,10 @@ def main() -> None:
 
     recipe = load_recipe(RECIPE)
     host = load_plugins()
-    plan = bind(recipe, host)
-    loaded = load_model(host, recipe, resolve_model(recipe, None), RunOptions())
-    loaded.inputs = effective_inputs(loaded, recipe.model, recipe.label)
-    loaded.dims = effective_dims(loaded, recipe.model, loaded.inputs, recipe.label)
-    splits = build_splits(
-        recipe,
-        host.datasets,
-        lambda s: DataContext(loaded.inputs, loaded.dims, loaded.tokenize, recipe, s),
-    )
+    model_path = resolve_model(recipe, None)
+    run = RunState(recipe, bind(recipe, host), host, model_path, RunOptions(), output)
+    load.stage(run)  # the model and the data sets, as a run loads them
+    plan, loaded, splits = run.plan, run.loaded, run.splits
     names = [s.name for s in loaded.inputs]
     seconds: dict[str, float] = {}
 

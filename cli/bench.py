@@ -22,6 +22,7 @@ from fxopt.engine.loading import LoadOptions
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.report_model import RunReport
+from fxopt.engine.run.load import load_model
 from fxopt.engine.specs import InputSpec
 from fxopt.engine.synthetic import synthetic_inputs
 from fxopt.engine.timing import reference_vs_optimized
@@ -48,8 +49,10 @@ def bench_output(
     with output.stage(f"loading the artifact in {backend.name}"):
         runner = backend.load(out_dir, artifact)
 
+    if not model_path.exists():
+        raise OutputError("the source model is gone", file=model_path, fix="re-run optimize")
     with output.stage(f"loading the original model from {model_path}"):
-        loaded = _load_reference(host, model_path, task)
+        loaded = load_model(host, model_path, LoadOptions(task=task))
     loaded.inputs = [next(s for s in loaded.inputs if s.name == spec.name) for spec in specs]
     sizes = {name: r.optimal for name, r in dims.items()}
     if batch is not None:
@@ -93,12 +96,3 @@ def _read_report(out_dir: Path) -> RunReport:
             file=report_file,
             fix="re-run optimize to write the output again (with this fxopt)",
         ) from exc
-
-
-def _load_reference(host, path: Path, task: str):
-    options = LoadOptions(task=task)
-    for entry in host.loaders:
-        loader = entry.obj()
-        if loader.can_load(path):
-            return loader.load(path, options)
-    raise OutputError("the source model is gone", file=path, fix="re-run optimize")

@@ -9,8 +9,6 @@ from ..data_shapes import check_data_shapes
 from ..errors import ModelError
 from ..loading import LoadedModel, LoadOptions
 from ..plugin_host import PluginHost
-from ..recipe import Recipe
-from ..run_options import RunOptions
 from .capture import effective_dims, effective_inputs
 from .state import RunState
 
@@ -18,7 +16,12 @@ from .state import RunState
 def stage(run: RunState) -> None:
     recipe = run.recipe
     with run.output.stage(f"loading {run.model_path}"):
-        loaded = load_model(run.host, recipe, run.model_path, run.options)
+        options = LoadOptions(
+            recipe.model.task, run.options.allow_pickle, run.options.trust_remote_code
+        )
+        loaded = load_model(
+            run.host, run.model_path, options, loader=recipe.model.loader, label=recipe.label
+        )
     specs = effective_inputs(loaded, recipe.model, recipe.label)
     loaded.inputs = specs
     loaded.dims = effective_dims(loaded, recipe.model, specs, recipe.label)
@@ -32,16 +35,23 @@ def stage(run: RunState) -> None:
     run.loaded = loaded
 
 
-def load_model(host: PluginHost, recipe: Recipe, path: Path, options: RunOptions) -> LoadedModel:
-    """Load with the recipe's loader, or the first registered loader that recognizes ``path``."""
-    opts = LoadOptions(recipe.model.task, options.allow_pickle, options.trust_remote_code)
-    if recipe.model.loader != "auto":
-        loader = host.loaders.get(recipe.model.loader, file=recipe.label, field="model.loader")()
-        return loader.load(path, opts)
+def load_model(
+    host: PluginHost,
+    path: Path,
+    options: LoadOptions,
+    *,
+    loader: str = "auto",
+    label: str | None = None,
+) -> LoadedModel:
+    """Load with the named loader (``[model].loader`` of the recipe ``label``), or with the
+    first registered loader that recognizes ``path``: for a run, and for ``optimize bench``,
+    which reloads the model an output came from."""
+    if loader != "auto":
+        return host.loaders.get(loader, file=label, field="model.loader")().load(path, options)
     for entry in host.loaders:
-        loader = entry.obj()
-        if loader.can_load(path):
-            return loader.load(path, opts)
+        found = entry.obj()
+        if found.can_load(path):
+            return found.load(path, options)
     raise ModelError(
         "no loader recognizes this path",
         file=path,

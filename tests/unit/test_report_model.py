@@ -37,6 +37,11 @@ def test_a_run_writes_a_report_the_model_reads_and_bench_refuses_a_foreign_one(
     assert report.latency_ms is not None and report.latency_ms.reference.iters == 2
 
     data = json.loads((out / "report.json").read_text())
+    gone = dict(data, model_path=str(tmp_path / "moved-away"))
+    (out / "report.json").write_text(json.dumps(gone))
+    result = run_cli(capsys, "bench", out, "--iters", "1")
+    assert_clean_failure(result, EXIT_USAGE, "the source model is gone", "moved-away")
+
     del data["target"]
     (out / "report.json").write_text(json.dumps(data))
     result = run_cli(capsys, "bench", out, "--iters", "1")
