@@ -20,6 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from fxopt.engine.console import Output
@@ -146,9 +147,12 @@ class CacheRoot:
         """Remove least-recently-used entries until the cache fits its limit; never ``keep``.
         Says so on ``output`` when it removed any; returns (entries removed, bytes freed)."""
         limit = self.limit()
-        total = _size(self.path)
+        entries = self.entries()
+        # one walk: the entries' sizes, plus what lies outside them (hashes, locks, temporaries)
+        outside = _size(self.path, skip={entry for *_, entry in entries})
+        total = outside + sum(size for _, size, _ in entries)
         removed = freed = 0
-        for _, size, entry in self.entries():
+        for _, size, entry in entries:
             if total <= limit:
                 break
             if keep is not None and entry == keep:
@@ -190,13 +194,17 @@ class CacheRoot:
             tmp.unlink(missing_ok=True)
 
 
-def _size(path: Path) -> int:
+def _size(path: Path, skip: set[Path] | frozenset[Path] = frozenset()) -> int:
+    """Bytes of the files under ``path``, not descending into ``skip`` or symlinks."""
     total = 0
     with contextlib.suppress(OSError):
-        for item in path.rglob("*"):
-            with contextlib.suppress(OSError):
-                if item.is_file() and not item.is_symlink():
-                    total += item.stat().st_size
+        for root, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if Path(root, d) not in skip]
+            for name in files:
+                with contextlib.suppress(OSError):
+                    stat = os.lstat(os.path.join(root, name))
+                    if S_ISREG(stat.st_mode):  # not a symlink: its target is not ours
+                        total += stat.st_size
     return total
 
 
