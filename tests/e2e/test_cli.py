@@ -9,7 +9,7 @@ import torch
 
 from fxopt.engine.errors import EXIT_BUDGET
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import TINY_RECIPE, write_recipe
+from tests.conftest import tiny_recipe_dict, write_recipe
 
 
 def test_json_mode_prints_only_the_report(capsys, tiny_recipe, tiny_bert_dir, tmp_path):
@@ -29,10 +29,8 @@ def test_quiet_mode_prints_nothing(capsys, tiny_recipe, tiny_bert_dir, tmp_path)
 
 
 def test_budget_miss_exits_3_and_writes_nothing(capsys, tmp_path, tiny_bert_dir):
-    text = TINY_RECIPE.format(backend="onnxruntime").replace(
-        "min_cosine = 0.9999", "min_cosine = 0.9999\nmax_abs = 0.0"
-    )
-    result = run_cli(capsys, write_recipe(tmp_path, text), tiny_bert_dir, "-o", tmp_path / "out")
+    recipe = write_recipe(tmp_path, tiny_recipe_dict(verify={"max_abs": 0.0}))
+    result = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "out")
     assert_clean_failure(
         result,
         EXIT_BUDGET,
@@ -110,22 +108,13 @@ def cnn_pt2(tmp_path):
 def test_pt2_archive_end_to_end(capsys, tmp_path, cnn_pt2, backend):
     recipe = write_recipe(
         tmp_path,
-        f"""
-        [model]
-        task = "image-classification"
-        [data.verification]
-        source = "synthetic"
-        samples = 16
-        batch_size = 8
-        [[passes]]
-        name = "cleanup.dce"
-        [target]
-        backend = "{backend}"
-        [verify]
-        min_cosine = 0.99999
-        min_top1_agreement = 1.0
-        latency_iters = 2
-        """,
+        {
+            "model": {"task": "image-classification"},
+            "data": {"verification": {"source": "synthetic", "samples": 16, "batch_size": 8}},
+            "passes": [{"name": "cleanup.dce"}],
+            "target": {"backend": backend},
+            "verify": {"min_cosine": 0.99999, "min_top1_agreement": 1.0, "latency_iters": 2},
+        },
     )
     result = run_cli(capsys, recipe, cnn_pt2, "-o", tmp_path / "out", "--json")
     assert result.code == 0, result.err
@@ -140,6 +129,6 @@ def test_pt2_archive_end_to_end(capsys, tmp_path, cnn_pt2, backend):
 def test_pt2_corrupt_archive(capsys, tmp_path):
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"not a zip")
-    recipe = write_recipe(tmp_path, "[model]\ntask = 'image-classification'\n")
+    recipe = write_recipe(tmp_path, {"model": {"task": "image-classification"}})
     result = run_cli(capsys, recipe, bad, "-o", tmp_path / "out")
     assert_clean_failure(result, 2, "bad.pt2", "not a readable torch.export archive")

@@ -12,47 +12,21 @@ import pytest
 from fxopt.plugins.tensorrt.compat import check_model
 from fxopt.plugins.tensorrt.profiles import compute_profiles
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import write_recipe
-
-RECIPE = """
-schema_version = 1
-
-[model.dims.batch]
-min = 1
-opt = 4
-max = 16
-
-[model.dims.sequence]
-min = 2
-opt = 16
-max = 64
-
-[data.verification]
-source = "stdlib-docstrings"
-samples = 8
-batch_size = 4
-sequence_length = {sequence}
-
-[[passes]]
-name = "cleanup.dropout"
-
-[[passes]]
-name = "{cast}"
-
-[target]
-backend = "{backend}"
-{options}
-
-[verify]
-min_cosine = 0.999
-latency_iters = 2
-pass_samples = 4
-"""
+from tests.conftest import TINY_PASSES, merged, tiny_recipe_dict, write_recipe
 
 
-def recipe(tmp_path: Path, *, cast="cast.fp16", backend="onnxruntime", sequence=32, options=""):
-    body = RECIPE.format(cast=cast, backend=backend, sequence=sequence, options=options)
-    return write_recipe(tmp_path, body)
+def recipe(
+    tmp_path: Path, *, cast="cast.fp16", backend="onnxruntime", sequence=32, **changes
+) -> Path:
+    """The tiny recipe with ``cast`` after dropout, verified at ``sequence`` tokens;
+    ``changes`` are laid over it."""
+    body = tiny_recipe_dict(
+        backend,
+        data={"verification": {"sequence_length": sequence}},
+        passes=[TINY_PASSES[0], {"name": cast}],
+        verify={"min_cosine": 0.999},
+    )
+    return write_recipe(tmp_path, merged(body, changes))
 
 
 def test_fp16_recipe_runs_end_to_end_on_onnxruntime(capsys, tmp_path, tiny_bert_dir):
@@ -94,8 +68,8 @@ def test_check_reports_a_compatible_plan(capsys, tmp_path, tiny_bert_dir):
 
 
 def test_check_fails_when_a_profile_misses_the_verification_shapes(capsys, tmp_path, tiny_bert_dir):
-    narrow = "\n[[target.options.profiles]]\nsequence = { min = 2, max = 16 }\n"
-    path = recipe(tmp_path, backend="tensorrt", options=narrow)
+    narrow = {"options": {"profiles": [{"sequence": {"min": 2, "max": 16}}]}}
+    path = recipe(tmp_path, backend="tensorrt", target=narrow)
     result = run_cli(capsys, "check", path, tiny_bert_dir, "--json")
     assert result.code == 2
     (problem,) = json.loads(result.out)["problems"]
@@ -126,8 +100,8 @@ def test_verification_data_outside_the_dims(capsys, tmp_path, tiny_bert_dir):
 
 
 def test_min_greater_than_max(capsys, tmp_path):
-    path = recipe(tmp_path, backend="tensorrt")
-    path.write_text(path.read_text().replace("min = 1\nopt = 4", "min = 32\nopt = 32"))
+    batch = {"min": 32, "opt": 32}
+    path = recipe(tmp_path, backend="tensorrt", model={"dims": {"batch": batch}})
     result = run_cli(capsys, "validate", path)
     assert_clean_failure(result, 2, "model.dims.batch", "min (32) must be <= max (16)")
 

@@ -14,66 +14,35 @@ import pytest
 from fxopt.engine.errors import EXIT_BUDGET, EXIT_USAGE
 from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import write_recipe
+from tests.conftest import TINY_PASSES, tiny_recipe_dict, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RECIPE = """
-schema_version = 1
-
-[model]
-task = "feature-extraction"
-
-[model.dims.batch]
-min = 1
-opt = 4
-max = 16
-
-[model.dims.sequence]
-min = 2
-opt = 32
-max = 64
-
-{calibration}
-
-[data.verification]
-source = "stdlib-docstrings"
-samples = 16
-batch_size = 4
-sequence_length = 32
-
-[[passes]]
-name = "cleanup.dropout"
-
-[[passes]]
-name = "cleanup.dce"
-
-[[passes]]
-name = "quantize.int8"
-
-[passes.config]
-{config}
-
-[target]
-backend = "onnxruntime"
-
-[verify]
-min_cosine = {min_cosine}
-latency = false
-pass_samples = 0
-"""
-
-CALIBRATION = """
-[data.calibration]
-source = "stdlib-docstrings"
-samples = 16
-batch_size = 4
-sequence_length = 32
-"""
+CALIBRATION = {
+    "source": "stdlib-docstrings",
+    "samples": 16,
+    "batch_size": 4,
+    "sequence_length": 32,
+}
 
 
-def recipe(tmp_path, *, calibration=CALIBRATION, config="", min_cosine=0.99) -> Path:
-    body = RECIPE.format(calibration=calibration, config=config, min_cosine=min_cosine)
+def recipe(
+    tmp_path, *, calibration=CALIBRATION, config=None, min_cosine=0.99, backend="onnxruntime"
+) -> Path:
+    """The tiny recipe quantized: ``calibration`` is ``[data.calibration]`` (``None``: none),
+    ``config`` the int8 pass's config."""
+    body = tiny_recipe_dict(
+        backend,
+        model={"task": "feature-extraction", "dims": {"sequence": {"opt": 32}}},
+        data={"calibration": calibration, "verification": CALIBRATION},  # the same 16 samples
+        passes=[*TINY_PASSES, {"name": "quantize.int8", "config": config or {}}],
+        verify={
+            "min_cosine": min_cosine,
+            "latency": False,
+            "pass_samples": 0,
+            "latency_iters": None,
+        },
+    )
     return write_recipe(tmp_path, body)
 
 
@@ -82,7 +51,7 @@ def int8_pass(report: dict) -> dict:
 
 
 def test_tiny_bert_runs_fused_and_reuses_its_calibration(capsys, tmp_path, tiny_bert_dir):
-    path = recipe(tmp_path, config="outlier_split = true")
+    path = recipe(tmp_path, config={"outlier_split": True})
     out = tmp_path / "out"
     result = run_cli(capsys, path, tiny_bert_dir, "-o", out, "--json")
     assert result.code == 0, result.err
@@ -96,7 +65,7 @@ def test_tiny_bert_runs_fused_and_reuses_its_calibration(capsys, tmp_path, tiny_
     assert report["artifacts"]["qdq_rewrite"]["weight_transposes_folded"] == 12
 
     # another lowering of the same graph: a new build (and pass) key, the same calibration
-    path.write_text(path.read_text().replace('backend = "onnxruntime"', 'backend = "torch"'))
+    recipe(tmp_path, config={"outlier_split": True}, backend="torch")
     again = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "again", "--json")
     assert again.code == 0, again.err
     cached = int8_pass(json.loads(again.out))["metrics"]["calibration"]
@@ -109,7 +78,7 @@ def test_tiny_bert_runs_fused_and_reuses_its_calibration(capsys, tmp_path, tiny_
 
 
 def test_batch_size_larger_than_the_calibration_set(capsys, tmp_path, tiny_bert_dir):
-    small = CALIBRATION.replace("samples = 16", "samples = 2")
+    small = {**CALIBRATION, "samples": 2}
     result = run_cli(
         capsys, recipe(tmp_path, calibration=small), tiny_bert_dir, "-o", tmp_path / "out"
     )
@@ -124,7 +93,7 @@ def test_batch_size_larger_than_the_calibration_set(capsys, tmp_path, tiny_bert_
 
 def test_empty_calibration_file(capsys, tmp_path, tiny_bert_dir):
     (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
-    empty = CALIBRATION.replace('"stdlib-docstrings"', '"text"\npath = "empty.txt"')
+    empty = {**CALIBRATION, "source": "text", "path": "empty.txt"}
     result = run_cli(
         capsys, recipe(tmp_path, calibration=empty), tiny_bert_dir, "-o", tmp_path / "out"
     )
@@ -136,7 +105,7 @@ def test_data_the_tokenizer_cannot_take(capsys, tmp_path, tiny_bert_dir):
     lines = [json.dumps({"text": f"sentence number {i}"}) for i in range(20)]
     lines[3] = json.dumps({"text": 12345})
     (tmp_path / "calib.jsonl").write_text("\n".join(lines), encoding="utf-8")
-    bad = CALIBRATION.replace('"stdlib-docstrings"', '"jsonl"\npath = "calib.jsonl"')
+    bad = {**CALIBRATION, "source": "jsonl", "path": "calib.jsonl"}
     result = run_cli(
         capsys, recipe(tmp_path, calibration=bad), tiny_bert_dir, "-o", tmp_path / "out"
     )
@@ -146,7 +115,7 @@ def test_data_the_tokenizer_cannot_take(capsys, tmp_path, tiny_bert_dir):
 
 def test_missing_calibration_section_is_caught_before_running(capsys, tmp_path, tiny_bert_dir):
     result = run_cli(
-        capsys, recipe(tmp_path, calibration=""), tiny_bert_dir, "-o", tmp_path / "out"
+        capsys, recipe(tmp_path, calibration=None), tiny_bert_dir, "-o", tmp_path / "out"
     )
     assert_clean_failure(
         result, EXIT_USAGE, "data.calibration", "pass 'quantize.int8' needs a calibration set"
@@ -154,7 +123,7 @@ def test_missing_calibration_section_is_caught_before_running(capsys, tmp_path, 
 
 
 def test_skip_pattern_that_matches_nothing(capsys, tmp_path, tiny_bert_dir):
-    path = recipe(tmp_path, config='skip = ["*.layer.7.output.dense"]')
+    path = recipe(tmp_path, config={"skip": ["*.layer.7.output.dense"]})
     result = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "out")
     assert_clean_failure(
         result,
@@ -167,7 +136,7 @@ def test_skip_pattern_that_matches_nothing(capsys, tmp_path, tiny_bert_dir):
 
 
 def test_budget_no_float_selection_can_meet(capsys, tmp_path, tiny_bert_dir):
-    path = recipe(tmp_path, config="accuracy_aware = true\nmax_float_layers = 2", min_cosine=1.0)
+    path = recipe(tmp_path, config={"accuracy_aware": True, "max_float_layers": 2}, min_cosine=1.0)
     result = run_cli(capsys, path, tiny_bert_dir, "-o", tmp_path / "out")
     assert_clean_failure(
         result,

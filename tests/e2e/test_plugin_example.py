@@ -7,75 +7,52 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.passes.finetune_support import digits_module
+from tests.conftest import merged, write_recipe
+from tests.passes.finetune_support import DIGITS_RECIPE, digits_module
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "fxopt-plugin-example"
 
-RECIPE = """
-schema_version = 1
-
-[model]
-task = "image-classification"
-
-[model.inputs.x]
-dtype = "float32"
-shape = ["batch", 1, 8, 8]
-low = 0.0
-high = 1.0
-
-[model.dims.batch]
-min = 1
-opt = 32
-max = 256
-
-[data.calibration]
-source = "npz"
-path = "digits.npz"
-samples = 64
-batch_size = 32
-
-[data.finetune]
-source = "npz"
-path = "digits.npz"
-samples = 256
-batch_size = 32
-
-[data.verification]
-source = "npz"
-path = "digits.npz"
-samples = 256
-batch_size = 64
-
-[[passes]]
-name = "example.magnitude_threshold"
-config = { fraction = 0.02 }
-
-[[passes]]
-name = "finetune"
-[passes.config]
-epochs = 1
-lr = 1e-3
-evaluate = false
-adversarial = { method = "example.uniform_noise", epsilon = 0.05, target = "pixels" }
-
-[[passes]]
-name = "quantize.int8"
-config = { observer = "example.absmax_margin", ops = ["linear", "conv2d"], cache = false }
-
-[target]
-backend = "onnxruntime"
-
-[verify]
-min_cosine = 0.9
-min_top1_agreement = 0.85
-latency = false
-"""
+#: the digits fine-tune recipe with the example's three extensions: a pass first, its attack
+#: in the fine-tune, its observer in the int8 calibration
+PASSES = [
+    {"name": "example.magnitude_threshold", "config": {"fraction": 0.02}},
+    {
+        "name": "finetune",
+        "config": {
+            "epochs": 1,
+            "lr": 1e-3,
+            "evaluate": False,
+            "adversarial": {"method": "example.uniform_noise", "epsilon": 0.05, "target": "pixels"},
+        },
+    },
+    {
+        "name": "quantize.int8",
+        "config": {
+            "observer": "example.absmax_margin",
+            "ops": ["linear", "conv2d"],
+            "cache": False,
+        },
+    },
+]
+RECIPE = merged(
+    DIGITS_RECIPE,
+    {
+        "model": {"dims": {"batch": {"max": 256}}},
+        "data": {
+            "calibration": {"source": "npz", "path": "digits.npz", "samples": 64, "batch_size": 32},
+            "finetune": {"samples": 256, "batch_size": 32},
+            "verification": {"batch_size": 64},
+        },
+        "passes": PASSES,
+        "target": {"backend": "onnxruntime", "options": None},
+        "verify": {"min_cosine": 0.9, "min_top1_agreement": 0.85, "pass_samples": None},
+    },
+)
 
 
 @pytest.mark.slow
@@ -125,7 +102,7 @@ def test_example_plugin_installs_and_runs(tmp_path):
     assert "example.absmax_margin" in {o["name"] for o in listing["observers"]}
 
     digits_module().build(tmp_path, train=1024, epochs=3)
-    (tmp_path / "recipe.toml").write_text(textwrap.dedent(RECIPE))
+    write_recipe(tmp_path, RECIPE)
     run = subprocess.run(
         [python, "-m", "fxopt.cli.app", "recipe.toml", "model.pt2", "-o", "out", "--json"],
         cwd=tmp_path,

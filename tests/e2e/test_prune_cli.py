@@ -5,30 +5,21 @@ from __future__ import annotations
 import json
 
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import TINY_RECIPE, write_recipe
+from tests.conftest import TINY_PASSES, tiny_recipe_dict, write_recipe
 
-PRUNE = """
-[[passes]]
-name = "prune.structured"
-[passes.config]
-{config}
-
-[[passes]]
-name = "cleanup.dce"
-"""
+SIZES = {"heads": 0.25, "ffn": 0.5}
 
 
-def prune_recipe(tmp_path, config: str):
+def prune_recipe(tmp_path, config: dict, *, then=({"name": "cleanup.dce"},)):
+    """The tiny recipe's passes, ``prune.structured`` with ``config``, then the passes ``then``."""
+    prune = {"name": "prune.structured", "config": config}
     # pruning a random model moves its outputs: the budget here is about the plumbing
-    text = TINY_RECIPE.format(backend="onnxruntime").replace(
-        "min_cosine = 0.9999", "min_cosine = -1.0"
-    )
-    text = text.replace("[target]", PRUNE.format(config=config) + "\n[target]")
-    return write_recipe(tmp_path, text)
+    recipe = tiny_recipe_dict(passes=[*TINY_PASSES, prune, *then], verify={"min_cosine": -1.0})
+    return write_recipe(tmp_path, recipe)
 
 
 def test_prune_writes_a_smaller_model_and_its_new_sizes(capsys, tmp_path, tiny_bert_dir):
-    recipe = prune_recipe(tmp_path, "heads = 0.25\nffn = 0.5")
+    recipe = prune_recipe(tmp_path, SIZES)
     out = tmp_path / "out"
     result = run_cli(capsys, recipe, tiny_bert_dir, "-o", out, "--json")
     assert result.code == 0, result.err
@@ -53,7 +44,7 @@ def test_prune_writes_a_smaller_model_and_its_new_sizes(capsys, tmp_path, tiny_b
 
 
 def test_ratio_of_one_is_refused_before_anything_runs(capsys, tmp_path, tiny_bert_dir):
-    recipe = prune_recipe(tmp_path, "ratio = 1.0")
+    recipe = prune_recipe(tmp_path, {"ratio": 1.0})
     result = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "out")
     assert_clean_failure(
         result, 2, "recipe.toml: passes[2].config.ratio: input should be less than 1"
@@ -62,7 +53,7 @@ def test_ratio_of_one_is_refused_before_anything_runs(capsys, tmp_path, tiny_ber
 
 
 def test_ignore_pattern_matching_nothing_fails_naming_candidates(capsys, tmp_path, tiny_bert_dir):
-    recipe = prune_recipe(tmp_path, 'ffn = 0.5\nignore = ["*.classifier"]')
+    recipe = prune_recipe(tmp_path, {"ffn": 0.5, "ignore": ["*.classifier"]})
     result = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "out")
     assert_clean_failure(
         result,
@@ -80,13 +71,11 @@ def test_config_sizes_survive_a_rerun_resumed_from_the_pass_cache(
     from fxopt.engine.run import pass_cache
 
     monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache every pass's result
-    recipe = prune_recipe(tmp_path, "heads = 0.25\nffn = 0.5")
+    recipe = prune_recipe(tmp_path, SIZES)
     first = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "a", "--json")
     assert first.code == 0, first.err
-    # change only the last pass: the rerun resumes after prune.structured
-    last = '[[passes]]\nname = "cleanup.dce"\n\n[target]'
-    text = recipe.read_text().replace(last, "[target]")
-    recipe.write_text(text)
+    # change only the last pass (drop it): the rerun resumes after prune.structured
+    recipe = prune_recipe(tmp_path, SIZES, then=())
     second = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "b", "--json")
     assert second.code == 0, second.err
     report = json.loads(second.out)

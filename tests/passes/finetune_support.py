@@ -7,8 +7,6 @@ shipped recipe documents), loaded by path so tests and users build the very same
 from __future__ import annotations
 
 import importlib.util
-import re
-import textwrap
 from functools import cache
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from fxopt.engine.run.bind import bind
 from fxopt.engine.run.state import RunState
 from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.data.sources import stdlib_sentences
-from tests.conftest import write_recipe
+from tests.conftest import merged, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SCRIPT = ROOT / "examples" / "digits" / "digits_model.py"
@@ -53,81 +51,53 @@ def digits_dir(tmp_path_factory) -> Path:
     return digits_module().build(tmp_path_factory.mktemp("digits"), train=512, epochs=8, width=8)
 
 
-DIGITS_RECIPE = """
-schema_version = 1
-
-[model]
-path = "{model}"
-task = "image-classification"
-
-[model.inputs.x]
-dtype = "float32"
-shape = ["batch", 1, 8, 8]
-low = 0.0
-high = 1.0
-
-[model.dims.batch]
-min = 1
-opt = 32
-max = 512
-
-[data.finetune]
-source = "npz"
-path = "{data}"
-samples = {samples}
-batch_size = {batch_size}
-
-[data.verification]
-source = "npz"
-path = "{data}"
-samples = {verify}
-batch_size = 128
-
-[[passes]]
-name = "finetune"
-
-[passes.config]
-{config}
-
-[target]
-backend = "torch"
-
-[target.options]
-onnx = false
-
-[verify]
-min_cosine = -1.0
-latency = false
-pass_samples = 0
-"""
+#: fine-tuning the digits CNN, for a folder holding ``digits.npz`` (``digits_recipe`` points
+#: it at the files, ``config`` is the pass's)
+DIGITS_RECIPE = {
+    "schema_version": 1,
+    "model": {
+        "task": "image-classification",
+        "inputs": {"x": {"dtype": "float32", "shape": ["batch", 1, 8, 8], "low": 0.0, "high": 1.0}},
+        "dims": {"batch": {"min": 1, "opt": 32, "max": 512}},
+    },
+    "data": {
+        "finetune": {"source": "npz", "path": "digits.npz", "samples": 512, "batch_size": 64},
+        "verification": {"source": "npz", "path": "digits.npz", "samples": 256, "batch_size": 128},
+    },
+    "passes": [{"name": "finetune", "config": {}}],
+    "target": {"backend": "torch", "options": {"onnx": False}},
+    "verify": {"min_cosine": -1.0, "latency": False, "pass_samples": 0},
+}
 
 
 def digits_recipe(
     directory: Path,
     digits: Path,
-    config: str,
+    config: dict,
     *,
     samples: int = 512,
     batch_size: int = 64,
     verify: int = 256,
     name: str = "recipe.toml",
+    **changes: object,
 ) -> Path:
-    """A recipe fine-tuning the digits CNN; ``config`` is the body of ``[passes.config]``,
-    whose sub-tables may be written short (``[adversarial]``)."""
-    config = re.sub(
-        r"^\[(\w+)\]$", r"[passes.config.\1]", textwrap.dedent(config).strip(), flags=re.M
+    """A recipe fine-tuning the digits CNN in ``digits`` with ``config`` as the pass's config
+    (its sub-tables as dicts: ``{"adversarial": {"method": "fgsm"}}``) on ``samples`` images in
+    batches of ``batch_size``, verified on ``verify``; ``changes`` are laid over the rest
+    (``data={"finetune": None}`` removes the training set)."""
+    data = str(digits / "digits.npz")
+    recipe = merged(
+        DIGITS_RECIPE,
+        {
+            "model": {"path": str(digits / "model.pt2")},
+            "data": {
+                "finetune": {"path": data, "samples": samples, "batch_size": batch_size},
+                "verification": {"path": data, "samples": verify},
+            },
+            "passes": [{"name": "finetune", "config": config}],
+        },
     )
-    body = DIGITS_RECIPE.format(
-        model=digits / "model.pt2",
-        data=digits / "digits.npz",
-        samples=samples,
-        batch_size=batch_size,
-        verify=verify,
-        config=config,
-    )
-    path = directory / name
-    path.write_text(body, encoding="utf-8")
-    return path
+    return write_recipe(directory, merged(recipe, changes), name)
 
 
 def prepare(recipe_path: Path, host=None, *, resume: str | None = None, cache_dir=None):
@@ -157,58 +127,47 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-BERT_RECIPE = """
-schema_version = 1
-
-[model]
-path = "{model}"
-task = "sentence-embedding"
-
-[model.dims.batch]
-min = 1
-opt = 8
-max = 16
-
-[model.dims.sequence]
-min = 2
-opt = 32
-max = 64
-
-[data.finetune]
-source = "text"
-path = "{text}"
-samples = 64
-batch_size = 8
-sequence_length = 32
-
-[data.verification]
-source = "text"
-path = "{text}"
-samples = 32
-batch_size = 8
-sequence_length = 32
-
-[[passes]]
-name = "finetune"
-
-[passes.config]
-objective = "distill"
-epochs = 4
-lr = 3e-3
-weight_decay = 0.0
-warmup_steps = 2
-{extra}
-"""
+#: distilling a BERT (``bert_recipe`` names the model and the text)
+BERT_FINETUNE = {
+    "objective": "distill",
+    "epochs": 4,
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "warmup_steps": 2,
+}
+BERT_TEXT = {"source": "text", "batch_size": 8, "sequence_length": 32}
+BERT_RECIPE = {
+    "schema_version": 1,
+    "model": {
+        "task": "sentence-embedding",
+        "dims": {
+            "batch": {"min": 1, "opt": 8, "max": 16},
+            "sequence": {"min": 2, "opt": 32, "max": 64},
+        },
+    },
+    "data": {
+        "finetune": {**BERT_TEXT, "samples": 64},
+        "verification": {**BERT_TEXT, "samples": 32},
+    },
+    "passes": [{"name": "finetune", "config": BERT_FINETUNE}],
+}
 
 
-def bert_recipe(directory, model, extra: str = "", **replace) -> object:
-    """The distillation recipe on a text file of real sentences (standard-library docs)."""
+def bert_recipe(directory: Path, model: Path, config: dict | None = None) -> Path:
+    """The distillation recipe on a text file of real sentences (standard-library docs);
+    ``config`` is laid over the pass's config (``{"epochs": None}`` removes a key)."""
     text = directory / "sentences.txt"
     text.write_text("\n".join(stdlib_sentences()[:200]), encoding="utf-8")
-    body = BERT_RECIPE.format(model=model, text=text, extra=extra)
-    for old, new in replace.items():
-        body = body.replace(old, new)
-    return write_recipe(directory, body)
+    finetune = {"name": "finetune", "config": merged(BERT_FINETUNE, config or {})}
+    recipe = merged(
+        BERT_RECIPE,
+        {
+            "model": {"path": str(model)},
+            "data": {"finetune": {"path": str(text)}, "verification": {"path": str(text)}},
+            "passes": [finetune],
+        },
+    )
+    return write_recipe(directory, recipe)
 
 
 def cosine_to_teacher(ir, ctx) -> float:

@@ -64,18 +64,19 @@ def test_adversarial_finetune_raises_robust_accuracy(tmp_path, digits_dir):
     recipe = digits_recipe(
         tmp_path,
         digits_dir,
-        """
-        epochs = 2
-        lr = 3e-3
-        weight_decay = 0.0
-        [adversarial]
-        method = "pgd"
-        epsilon = 0.1
-        steps = 3
-        target = "pixels"
-        clamp = [0.0, 1.0]
-        clean_weight = 0.5
-        """,
+        {
+            "epochs": 2,
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "adversarial": {
+                "method": "pgd",
+                "epsilon": 0.1,
+                "steps": 3,
+                "target": "pixels",
+                "clamp": [0.0, 1.0],
+                "clean_weight": 0.5,
+            },
+        },
         samples=512,
     )
     ir, ctx, finetune = prepare(recipe)
@@ -96,17 +97,12 @@ def test_early_stopping_restores_the_best_weights_after_a_collapse(
     recipe = digits_recipe(
         tmp_path,
         digits_dir,
-        """
-        max_steps = 8
-        lr = 1e-3
-        [adversarial]
-        method = "fgsm"
-        epsilon = 0.1
-        [early_stopping]
-        every = 2
-        batches = 1
-        max_drop = 0.2
-        """,
+        {
+            "max_steps": 8,
+            "lr": 1e-3,
+            "adversarial": {"method": "fgsm", "epsilon": 0.1},
+            "early_stopping": {"every": 2, "batches": 1, "max_drop": 0.2},
+        },
     )
     ir, ctx, finetune = prepare(recipe)
     readings = iter([0.50, 0.60, 0.30, 0.9])
@@ -175,8 +171,8 @@ def acme_runs(tmp_path_factory, digits_dir):
     seen = {}
     try:
         for name, config in (
-            ("acme", 'max_steps = 10\nevaluate = false\n[adversarial]\nmethod = "acme.zero"'),
-            ("fgsm", 'max_steps = 2\nevaluate = false\n[adversarial]\nmethod = "fgsm"'),
+            ("acme", {"max_steps": 10, "evaluate": False, "adversarial": {"method": "acme.zero"}}),
+            ("fgsm", {"max_steps": 2, "evaluate": False, "adversarial": {"method": "fgsm"}}),
         ):
             ZeroAttack.calls = 0
             AcmePlugin.perturbed, AcmePlugin.steps, AcmePlugin.batches = [], [], []

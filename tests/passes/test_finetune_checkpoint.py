@@ -18,16 +18,14 @@ from tests.passes.finetune_support import (  # noqa: F401  (fixtures)
     weights,
 )
 
-CONFIG = """
-max_steps = 6
-lr = 3e-3
-checkpoint_every = 2
-keep_checkpoints = 3
-evaluate = false
-[adversarial]
-method = "fgsm"
-epsilon = 0.1
-"""
+CONFIG = {
+    "max_steps": 6,
+    "lr": 3e-3,
+    "checkpoint_every": 2,
+    "keep_checkpoints": 3,
+    "evaluate": False,
+    "adversarial": {"method": "fgsm", "epsilon": 0.1},
+}
 
 
 class Crash(RuntimeError):
@@ -70,15 +68,13 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(tmp_path, digits_dir
 
 
 def test_a_checkpoint_of_another_recipe_is_refused_naming_both_hashes(tmp_path, digits_dir):
-    first = digits_recipe(tmp_path, digits_dir, CONFIG.replace("max_steps = 6", "max_steps = 2"))
+    first = digits_recipe(tmp_path, digits_dir, {**CONFIG, "max_steps": 2})
     ir, ctx, finetune = prepare(first, cache_dir=tmp_path / "cache")
     finetune.run(ir, ctx)
     (saved,) = sorted((tmp_path / "cache").rglob("step-*.pt"))
     theirs = torch.load(saved, weights_only=True)["recipe_hash"]
 
-    other = digits_recipe(
-        tmp_path, digits_dir, CONFIG.replace("lr = 3e-3", "lr = 1e-3"), name="other.toml"
-    )
+    other = digits_recipe(tmp_path, digits_dir, {**CONFIG, "lr": 1e-3}, name="other.toml")
     ir, ctx, finetune = prepare(other, resume=str(saved), cache_dir=tmp_path / "cache")
     from fxopt.passes.finetune.checkpoint import recipe_hash
 

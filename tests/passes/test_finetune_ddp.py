@@ -21,11 +21,7 @@ from tests.passes.finetune_support import (  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.distributed
 
-CONFIG = """
-max_steps = 6
-lr = 3e-3
-evaluate = false
-"""
+CONFIG = {"max_steps": 6, "lr": 3e-3, "evaluate": False}
 
 
 def artifact_weights(out_dir) -> dict[str, torch.Tensor]:

@@ -39,15 +39,10 @@ def test_distillation_closes_most_of_the_gap_to_the_original(tmp_path, tiny_bert
 
 
 def test_text_adversarial_training_perturbs_embeddings_and_leaves_no_trace(tmp_path, tiny_bert_dir):
-    extra = """
-[passes.config.adversarial]
-method = "freelb"
-epsilon = 0.05
-steps = 2
-norm = "l2"
-target = "embeddings"
-"""
-    recipe = bert_recipe(tmp_path, tiny_bert_dir, extra, **{"epochs = 4": "max_steps = 3"})
+    freelb = {"method": "freelb", "epsilon": 0.05, "steps": 2, "norm": "l2", "target": "embeddings"}
+    recipe = bert_recipe(
+        tmp_path, tiny_bert_dir, {"epochs": None, "max_steps": 3, "adversarial": freelb}
+    )
     ir, ctx, finetune = prepare(recipe)
     code = ir.module.code
     seen = []
@@ -84,15 +79,15 @@ def test_the_trainer_follows_the_schedule_and_bf16_autocast_trains(tmp_path, dig
     recipe = digits_recipe(
         tmp_path,
         digits_dir,
-        """
-        max_steps = 8
-        lr = 1e-2
-        schedule = "linear"
-        warmup_steps = 2
-        amp = "bf16"
-        evaluate = false
-        log_every = 1
-        """,
+        {
+            "max_steps": 8,
+            "lr": 1e-2,
+            "schedule": "linear",
+            "warmup_steps": 2,
+            "amp": "bf16",
+            "evaluate": False,
+            "log_every": 1,
+        },
     )
     ir, ctx, finetune = prepare(recipe)
     from fxopt.passes.finetune import trainer as trainer_module

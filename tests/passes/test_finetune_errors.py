@@ -15,12 +15,11 @@ from tests.passes.finetune_support import (  # noqa: F401  (fixtures)
     prepare,
 )
 
+ONE_STEP = {"max_steps": 1}
+
 
 def test_finetune_without_a_training_set_fails_at_bind_time(tmp_path, digits_dir, capsys):
-    recipe = digits_recipe(tmp_path, digits_dir, "max_steps = 1")
-    text = recipe.read_text()
-    start = text.index("[data.finetune]")
-    recipe.write_text(text[:start] + text[text.index("[data.verification]") :])
+    recipe = digits_recipe(tmp_path, digits_dir, ONE_STEP, data={"finetune": None})
     out = tmp_path / "out"
     result = run_cli(capsys, recipe, "-o", out)
     assert_clean_failure(result, 2, "data.finetune", "needs a finetune set", "[data.finetune]")
@@ -29,7 +28,7 @@ def test_finetune_without_a_training_set_fails_at_bind_time(tmp_path, digits_dir
 
 def test_an_empty_training_set_reaching_the_pass_names_the_split(tmp_path, digits_dir):
     """Called outside the CLI (no bind-time check), the pass still says what is missing."""
-    ir, ctx, finetune = prepare(digits_recipe(tmp_path, digits_dir, "max_steps = 1"))
+    ir, ctx, finetune = prepare(digits_recipe(tmp_path, digits_dir, ONE_STEP))
     ctx.batches = lambda split: []
     with pytest.raises(DataError) as info:
         finetune.run(ir, ctx)
@@ -41,9 +40,12 @@ def test_an_empty_training_set_reaching_the_pass_names_the_split(tmp_path, digit
 def test_a_task_loss_without_labels_names_where_labels_come_from(tmp_path, digits_dir, capsys):
     with np.load(digits_dir / "digits.npz") as arrays:
         np.savez(tmp_path / "unlabelled.npz", x=arrays["x"])
-    recipe = digits_recipe(tmp_path, digits_dir, 'max_steps = 1\nobjective = "task"')
-    recipe.write_text(
-        recipe.read_text().replace(str(digits_dir / "digits.npz"), str(tmp_path / "unlabelled.npz"))
+    unlabelled = {"path": str(tmp_path / "unlabelled.npz")}
+    recipe = digits_recipe(
+        tmp_path,
+        digits_dir,
+        {**ONE_STEP, "objective": "task"},
+        data={"finetune": unlabelled, "verification": unlabelled},
     )
     out = tmp_path / "out"
     result = run_cli(capsys, recipe, "-o", out)
@@ -54,7 +56,7 @@ def test_a_task_loss_without_labels_names_where_labels_come_from(tmp_path, digit
 
 
 def test_an_unknown_attack_suggests_the_closest(tmp_path, digits_dir):
-    recipe = digits_recipe(tmp_path, digits_dir, 'max_steps = 1\n[adversarial]\nmethod = "pgdd"')
+    recipe = digits_recipe(tmp_path, digits_dir, {**ONE_STEP, "adversarial": {"method": "pgdd"}})
     ir, ctx, finetune = prepare(recipe)
     with pytest.raises(RecipeError) as error:
         finetune.run(ir, ctx)
@@ -63,11 +65,10 @@ def test_an_unknown_attack_suggests_the_closest(tmp_path, digits_dir):
     assert "passes[0].config.adversarial.method" in message
 
 
-@pytest.mark.parametrize("epsilon", ["0", "-0.1"])
+@pytest.mark.parametrize("epsilon", [0, -0.1])
 def test_epsilon_must_be_positive(tmp_path, digits_dir, capsys, epsilon):
-    recipe = digits_recipe(
-        tmp_path, digits_dir, f'max_steps = 1\n[adversarial]\nmethod = "pgd"\nepsilon = {epsilon}'
-    )
+    adversarial = {"method": "pgd", "epsilon": epsilon}
+    recipe = digits_recipe(tmp_path, digits_dir, {**ONE_STEP, "adversarial": adversarial})
     result = run_cli(capsys, "validate", recipe)
     assert_clean_failure(
         result, 2, "passes[0].config.adversarial.epsilon", "greater than 0", f"got {epsilon}"
@@ -75,7 +76,7 @@ def test_epsilon_must_be_positive(tmp_path, digits_dir, capsys, epsilon):
 
 
 def test_a_world_size_the_data_cannot_be_split_into(tmp_path, digits_dir, monkeypatch):
-    recipe = digits_recipe(tmp_path, digits_dir, "max_steps = 1", samples=500, batch_size=50)
+    recipe = digits_recipe(tmp_path, digits_dir, ONE_STEP, samples=500, batch_size=50)
     ir, ctx, finetune = prepare(recipe)
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
@@ -88,7 +89,7 @@ def test_a_world_size_the_data_cannot_be_split_into(tmp_path, digits_dir, monkey
 
 
 def test_fp16_autocast_on_cpu_is_refused(tmp_path, digits_dir):
-    recipe = digits_recipe(tmp_path, digits_dir, 'max_steps = 1\namp = "fp16"\ndevice = "cpu"')
+    recipe = digits_recipe(tmp_path, digits_dir, {**ONE_STEP, "amp": "fp16", "device": "cpu"})
     ir, ctx, finetune = prepare(recipe)
     with pytest.raises(RecipeError, match="fp16 autocast needs a CUDA device"):
         finetune.run(ir, ctx)
@@ -102,7 +103,7 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path, digits
         pytest.skip("tensorboard is installed here")
     except ImportError:
         pass
-    recipe = digits_recipe(tmp_path, digits_dir, 'max_steps = 1\ntensorboard_dir = "tb"')
+    recipe = digits_recipe(tmp_path, digits_dir, {**ONE_STEP, "tensorboard_dir": "tb"})
     ir, ctx, finetune = prepare(recipe)
     with pytest.raises(RecipeError, match=r"pip install 'fxopt\[tensorboard\]'"):
         finetune.run(ir, ctx)

@@ -10,7 +10,9 @@ from fxopt.passes.finetune import FinetuneConfig
 from fxopt.passes.finetune.hidden import TAP_PREFIX, HiddenStates, StateCache, matched_modules
 from tests.passes.finetune_support import bert_recipe, cosine_to_teacher, damage, prepare
 
-LAYERS = 'hidden_layers = ["model.encoder.layer.*"]'
+LAYERS = ["model.encoder.layer.*"]
+#: a pattern no module of the BERT matches
+UNMATCHED = {"distill": {"hidden_layers": ["encoder.block.*"]}}
 
 
 def taps(ir, ctx, patterns=("model.encoder.layer.*",)):
@@ -45,7 +47,7 @@ def test_taps_see_the_original_states_until_the_weights_change(tmp_path, tiny_be
 
 def test_hidden_state_distillation_trains_and_leaves_no_trace(tmp_path, tiny_bert_dir):
     recipe = bert_recipe(
-        tmp_path, tiny_bert_dir, f"[passes.config.distill]\n{LAYERS}\nhidden = 2.0"
+        tmp_path, tiny_bert_dir, {"distill": {"hidden_layers": LAYERS, "hidden": 2.0}}
     )
     ir, ctx, finetune = prepare(recipe)
     code = ir.module.code
@@ -59,9 +61,7 @@ def test_hidden_state_distillation_trains_and_leaves_no_trace(tmp_path, tiny_ber
 
 
 def test_a_pattern_matching_no_module_names_the_field(tmp_path, tiny_bert_dir):
-    recipe = bert_recipe(
-        tmp_path, tiny_bert_dir, '[passes.config.distill]\nhidden_layers = ["encoder.block.*"]'
-    )
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, UNMATCHED)
     ir, ctx, finetune = prepare(recipe)
     with pytest.raises(RecipeError) as caught:
         finetune.run(ir, ctx)
@@ -90,9 +90,7 @@ def test_a_state_whose_width_changed_is_refused(tmp_path, tiny_bert_dir):
 def test_cli_refuses_an_unmatched_pattern_cleanly(tmp_path, tiny_bert_dir, capsys):
     from tests.cli import assert_clean_failure, run_cli
 
-    recipe = bert_recipe(
-        tmp_path, tiny_bert_dir, '[passes.config.distill]\nhidden_layers = ["encoder.block.*"]'
-    )
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, UNMATCHED)
     out = tmp_path / "out"
     result = run_cli(capsys, recipe, "-o", out)
     assert_clean_failure(
@@ -108,8 +106,8 @@ def test_cli_refuses_an_unmatched_pattern_cleanly(tmp_path, tiny_bert_dir, capsy
 def test_validate_refuses_hidden_layers_without_distillation(tmp_path, tiny_bert_dir, capsys):
     from tests.cli import assert_clean_failure, run_cli
 
-    recipe = bert_recipe(tmp_path, tiny_bert_dir, '[passes.config.distill]\nhidden_layers = ["*"]')
-    recipe.write_text(recipe.read_text().replace('objective = "distill"', 'objective = "task"'))
+    config = {"objective": "task", "distill": {"hidden_layers": ["*"]}}
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, config)
     result = run_cli(capsys, "validate", recipe)
     assert_clean_failure(result, 2, "passes[0].config", "needs objective = 'distill'")
 

@@ -95,7 +95,7 @@ def test_grouped_distillation_trains_on_shorter_batches(tmp_path, tiny_bert_dir)
     host = load_plugins()
     seen = BatchWidths()
     host.pm.register(seen)
-    recipe = bert_recipe(tmp_path, tiny_bert_dir, "group_by_length = true")
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, {"group_by_length": True})
     ir, ctx, finetune = prepare(recipe, host)
     damage(ir)
     before = cosine_to_teacher(ir, ctx)
@@ -108,7 +108,7 @@ def test_grouped_distillation_trains_on_shorter_batches(tmp_path, tiny_bert_dir)
 
 
 def test_frozen_parameters_do_not_move(tmp_path, tiny_bert_dir):
-    recipe = bert_recipe(tmp_path, tiny_bert_dir, 'freeze = ["model.embeddings.*"]')
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, {"freeze": ["model.embeddings.*"]})
     ir, ctx, finetune = prepare(recipe)
     damage(ir)
     start = weights(ir.module)
@@ -122,14 +122,15 @@ def test_frozen_parameters_do_not_move(tmp_path, tiny_bert_dir):
 @pytest.mark.parametrize(
     ("freeze", "field", "message"),
     [
-        ('["model.decoder.*"]', "passes[0].config.freeze[0]", "matches no trained parameter"),
-        ('["*"]', "passes[0].config.freeze", "freeze leaves no parameter to train"),
+        (["model.decoder.*"], "passes[0].config.freeze[0]", "matches no trained parameter"),
+        (["*"], "passes[0].config.freeze", "freeze leaves no parameter to train"),
     ],
+    ids=["nothing", "everything"],
 )
 def test_freeze_patterns_that_match_nothing_or_everything_are_refused(
     tmp_path, tiny_bert_dir, freeze, field, message
 ):
-    recipe = bert_recipe(tmp_path, tiny_bert_dir, f"freeze = {freeze}")
+    recipe = bert_recipe(tmp_path, tiny_bert_dir, {"freeze": freeze})
     ir, ctx, finetune = prepare(recipe)
     with pytest.raises(RecipeError) as info:
         finetune.run(ir, ctx)

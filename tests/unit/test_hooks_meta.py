@@ -62,20 +62,12 @@ def test_hook_is_tested(hook):
     assert hook_tests()[hook], f"no test_hook_{hook}[_...] function in tests/"
 
 
-KITCHEN_RECIPE = """
-        [data.verification]
-        source = "thirdparty.ramp"
-        samples = 6
-        batch_size = 3
-        [[passes]]
-        name = "cleanup.dce"
-        [target]
-        backend = "thirdparty.eager"
-        options = { onnx = false }
-        [verify]
-        min_cosine = 0.99999
-        latency = false
-        """
+KITCHEN_RECIPE = {
+    "data": {"verification": {"source": "thirdparty.ramp", "samples": 6, "batch_size": 3}},
+    "passes": [{"name": "cleanup.dce"}],
+    "target": {"backend": "thirdparty.eager", "options": {"onnx": False}},
+    "verify": {"min_cosine": 0.99999, "latency": False},
+}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from fxopt.engine.errors import PluginError
 from fxopt.engine.hookspecs import hookspec
 from fxopt.engine.plugin_host import load_plugins
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import TINY_RECIPE, write_recipe
+from tests.conftest import TINY_PASSES, tiny_recipe_dict, write_recipe
 from tests.entry_points import with_entry_points
 
 
@@ -32,12 +32,10 @@ def test_hook_fxopt_register_passes_a_third_party_pass_runs(
     assert "thirdparty.scale" in host.passes
     assert "[scale]" in host.passes.entry("thirdparty.scale").origin
 
-    text = TINY_RECIPE.format(backend="onnxruntime") + (
-        '\n[[passes]]\nname = "thirdparty.scale"\nconfig = { factor = 2.0 }\n'
-    )
-    text = text.replace("min_cosine = 0.9999", "min_cosine = 0.9999\nmax_abs = 10.0")
+    scale = {"name": "thirdparty.scale", "config": {"factor": 2.0}}
+    recipe = tiny_recipe_dict(passes=[*TINY_PASSES, scale], verify={"max_abs": 10.0})
     result = run_cli(
-        capsys, write_recipe(tmp_path, text), tiny_bert_dir, "-o", tmp_path / "out", "--json"
+        capsys, write_recipe(tmp_path, recipe), tiny_bert_dir, "-o", tmp_path / "out", "--json"
     )
     assert result.code == 0, result.err
     import json
@@ -75,8 +73,8 @@ def test_broken_plugin_is_isolated(monkeypatch, capsys):
 
 def test_broken_plugin_named_when_the_recipe_needs_it(monkeypatch, capsys, tmp_path, tiny_bert_dir):
     with_entry_points(monkeypatch, broken="tests.fixtures.plugins.broken")
-    text = TINY_RECIPE.format(backend="onnxruntime") + '\n[[passes]]\nname = "broken.pass"\n'
-    result = run_cli(capsys, write_recipe(tmp_path, text), tiny_bert_dir)
+    recipe = tiny_recipe_dict(passes=[*TINY_PASSES, {"name": "broken.pass"}])
+    result = run_cli(capsys, write_recipe(tmp_path, recipe), tiny_bert_dir)
     assert_clean_failure(
         result, 2, "unknown pass 'broken.pass'", "plugins that failed to import: broken"
     )
@@ -164,7 +162,7 @@ def test_package_registries_come_from_their_packages():
 
 def test_hook_fxopt_check_is_answered_by_the_backends_plugin(capsys, monkeypatch, tmp_path):
     with_entry_points(monkeypatch, kitchen="tests.fixtures.plugins.kitchen")
-    recipe = write_recipe(tmp_path, TINY_RECIPE.format(backend="onnxruntime"))
+    recipe = write_recipe(tmp_path, tiny_recipe_dict())
     result = run_cli(capsys, "check", recipe, "--backend", "thirdparty.eager")
     assert result.code == 0, result.err
     assert json.loads(result.out) == {
