@@ -383,6 +383,43 @@ def bench(args: SimpleNamespace, output) -> None:
 
 
 @cli.command()
+@click.argument("out_dir", type=PATH)
+@click.option("--prompt", required=True, help="the text to continue")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="0: greedy; above: sample from the softmax at this temperature",
+)
+@click.option("--top-k", type=click.IntRange(0), default=0, help="sample among the k most likely")
+@click.option("--seed", type=int, default=0, show_default=True, help="the sampling seed")
+@_flag("--json", help="print the text and timings as JSON, nothing streamed")
+def generate(args: SimpleNamespace, output) -> None:
+    """Continue a prompt with a causal language model output, streamed, then tokens/s."""
+    from .generate import generate_text
+
+    result = generate_text(
+        args.out_dir,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        stream=not args.json,
+        output=output,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    output.step(
+        f"{len(result['tokens'])} tokens on {result['backend']}: prompt {result['prefill_ms']:.1f}"
+        f" ms, then {result['decode_tokens_per_second']:.1f} tokens/s"
+    )
+
+
+@cli.command()
 @click.argument("recipe", type=PATH)
 @click.argument("model_dir", type=PATH, required=False)
 @_flag("--json", help="print the report as JSON")

@@ -20,7 +20,7 @@ import torch
 
 from .errors import DataError, ModelError, RecipeError
 from .recipe import DimRange
-from .specs import IndexRange, InputSpec
+from .specs import IndexRange, InputSpec, axis_parts
 
 
 def check_data_shapes(
@@ -60,6 +60,10 @@ def _check(
                 )
             continue
         limits = dims.get(want)
+        if limits is None and len(parts := axis_parts(want)) > 1 and all(p in dims for p in parts):
+            # a sum of axes: its range is the sum of theirs
+            low, high = sum(dims[p].min for p in parts), sum(dims[p].max for p in parts)
+            limits = DimRange(min=max(low, 1), max=high)
         if limits is not None and not limits.min <= size <= limits.max:
             raise RecipeError(
                 f"the {split} data has {want} = {size} ({spec.name!r} {list(shape)}), outside "

@@ -9,6 +9,7 @@ when a pass does not declare them preserved.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,6 +24,11 @@ A = TypeVar("A", bound=Analysis)
 
 #: passes record node metadata under keys with this prefix (``"fxopt.qparams"``)
 META_PREFIX = "fxopt."
+
+
+def placeholder_name(input_name: str) -> str:
+    """An input's name as a graph placeholder, which must be a Python identifier."""
+    return re.sub(r"\W", "_", input_name)
 
 
 @dataclass
@@ -52,6 +58,12 @@ class ModelIR:
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.inputs]
+
+    @property
+    def placeholder_names(self) -> list[str]:
+        """The graph's placeholders: the input names as Python identifiers
+        (``past_key_values.0.key`` is ``past_key_values_0_key`` in the graph)."""
+        return [placeholder_name(name) for name in self.input_names]
 
     def analysis(self, kind: type[A]) -> Any:
         """The result of analysis ``kind`` on the current graph, computed once and cached."""

@@ -117,8 +117,9 @@ class Pass:
 
     name: ClassVar[str]
     Config: ClassVar[type[PassConfig]] = PassConfig
-    #: the data splits this pass reads, checked before the run starts
-    needs_data: ClassVar[tuple[str, ...]] = ()
+    #: the data splits this pass reads, checked before the run starts; a pass whose needs
+    #: depend on its config makes this a property
+    needs_data: tuple[str, ...] = ()
     #: True for passes that often find nothing to do (the cleanups); for the others the pass
     #: manager warns when a run of them changed nothing
     may_change_nothing: ClassVar[bool] = False
@@ -128,6 +129,10 @@ class Pass:
 
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         raise NotImplementedError
+
+    def data_reason(self, split: str) -> str:
+        """Why this configured pass reads ``split`` (said when the recipe lacks it)."""
+        return ""
 
     def __repr__(self) -> str:
         return f"<pass {self.name} {self.config.model_dump()}>"

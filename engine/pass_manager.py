@@ -84,7 +84,7 @@ def _check(before: ModelIR, result: PassResult) -> None:
     ir.graph.lint()
     ir.module.recompile()
     placeholders = [n.name for n in ir.graph.nodes if n.op == "placeholder"]
-    if placeholders != before.input_names and placeholders != ir.input_names:
+    if placeholders != before.placeholder_names and placeholders != ir.placeholder_names:
         raise RuntimeError(
             f"the pass changed the model inputs from {before.input_names} to {placeholders}"
         )

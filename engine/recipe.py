@@ -162,9 +162,12 @@ def _seed(value: int) -> int:
 
 
 class DimRange(Strict):
-    """The range one dynamic axis may take; ``opt`` is the shape to tune and time for."""
+    """The range one dynamic axis may take; ``opt`` is the shape to tune and time for.
 
-    min: Annotated[int, _AXIS_SIZE] = Field(ge=1)
+    ``min`` may be 0 for an axis that can be empty: a language model's cached tokens
+    (``past_sequence``) before the first step."""
+
+    min: Annotated[int, _AXIS_SIZE] = Field(ge=0)
     max: Annotated[int, _AXIS_SIZE] = Field(ge=1)
     opt: Annotated[int | None, _AXIS_SIZE] = Field(default=None, ge=1)
 
@@ -309,6 +312,21 @@ class VerifySection(Strict):
     max_abs: float | None = Field(default=None, ge=0)
     max_rel_l2: float | None = Field(default=None, ge=0)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0, description="language models: perplexity may rise by this share"
+    )
+    min_generation_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="language models: share of greedy tokens equal to the original model's",
+    )
+    generation_prompts: Annotated[int, _at_most(1024, "use fewer prompts, e.g. 4 to 32")] = Field(
+        default=4, ge=0, description="language models: prompts generated from (0: off)"
+    )
+    generation_tokens: Annotated[int, _at_most(4096, "generate fewer tokens, e.g. 16 to 64")] = (
+        Field(default=16, ge=1, description="language models: greedy tokens per prompt")
+    )
     pass_samples: Annotated[
         int, _at_most(MAX_SAMPLES, "measure each pass on fewer samples, e.g. 16 (0: off)")
     ] = Field(default=16, ge=0, description="samples used to measure each pass's numerics (0: off)")

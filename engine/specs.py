@@ -2,6 +2,10 @@
 
 One spec serves capture (``torch.export.Dim`` per named axis), synthetic data, lowering
 (ONNX dim names) and the TensorRT-style min/opt/max profiles, so the three never disagree.
+
+An axis may be the sum of named axes, written ``"past_sequence+sequence"``: a language
+model's attention mask covers the cached tokens and the new ones. It has no range of its
+own; its size follows from its parts.
 """
 
 from __future__ import annotations
@@ -59,13 +63,24 @@ class InputSpec:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
     def concrete_shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
-        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+        return tuple(axis_size(d, sizes) if isinstance(d, str) else d for d in self.shape)
+
+
+def axis_parts(axis: str) -> list[str]:
+    """The named axes an axis is made of: itself, or the terms of a sum (``"a+b"``)."""
+    return [part.strip() for part in axis.split("+")]
+
+
+def axis_size(axis: str, sizes: dict[str, int]) -> int:
+    return sum(sizes[part] for part in axis_parts(axis))
 
 
 def dim_names(specs: list[InputSpec]) -> list[str]:
+    """The named axes that need a range: every axis, and every term of a sum of axes."""
     names: list[str] = []
     for spec in specs:
-        names += [d for d in spec.dynamic_axes.values() if d not in names]
+        for axis in spec.dynamic_axes.values():
+            names += [part for part in axis_parts(axis) if part not in names]
     return names
 
 
@@ -74,6 +89,15 @@ def export_dynamic_shapes(
 ) -> tuple[dict[int, torch.export.Dim], ...] | None:
     """The ``dynamic_shapes`` argument of ``torch.export.export``, positional like the inputs."""
     made = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in dims.items()}
+    for spec in specs:  # a sum of axes: a dim of its own whose range is the sum of the ranges
+        for axis in spec.dynamic_axes.values():
+            parts = axis_parts(axis)
+            if len(parts) > 1 and axis not in made and all(p in dims for p in parts):
+                made[axis] = torch.export.Dim(
+                    "_plus_".join(parts),
+                    min=max(1, sum(dims[p].min for p in parts)),
+                    max=sum(dims[p].max for p in parts),
+                )
     shapes = tuple(
         {axis: made[dim] for axis, dim in spec.dynamic_axes.items() if dim in made}
         for spec in specs

@@ -13,6 +13,7 @@ The base class is the ``generic`` task: every output flattened, compared sample 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -24,6 +25,21 @@ if TYPE_CHECKING:
 
     from .data import Batch
     from .loading import LoadedModel
+    from .recipe import VerifySection
+
+
+@dataclass
+class Evidence:
+    """What a task may judge an artifact on (:meth:`Task.judge`): the verification batches,
+    both sides' outputs on them, and both sides' runners, to run them again their own way
+    (a language model generates token by token with its cache)."""
+
+    batches: list[Batch]
+    reference: list[list[np.ndarray]]
+    candidate: list[list[np.ndarray]]
+    reference_runner: Runner
+    candidate_runner: Runner
+    settings: VerifySection
 
 
 class Task:
@@ -50,6 +66,11 @@ class Task:
             return {}
         agree = reference[0].argmax(axis=-1) == candidate[0].argmax(axis=-1)
         return {"top1_agreement": float(agree.mean())}
+
+    def judge(self, evidence: Evidence) -> dict[str, float]:
+        """Metrics only this kind of model has (perplexity, generation agreement); the
+        verify stage adds them to the common ones, and ``[verify]`` may bound them."""
+        return {}
 
     def reference_runner(self, loaded: LoadedModel) -> Runner:
         """Runs the original model eagerly: what every artifact is compared against."""

@@ -10,7 +10,7 @@ from .dce import DeadCodeElimination
 from .dropout import RemoveDropout
 from .finetune import Finetune
 from .prune.structured import StructuredPrune
-from .quantize import QuantizeInt8, SmoothQuant
+from .quantize import QuantizeInt8, QuantizeWeightOnly, SmoothQuant
 
 BUILTIN_PASSES = (
     DeadCodeElimination,
@@ -22,6 +22,7 @@ BUILTIN_PASSES = (
     StructuredPrune,
     SmoothQuant,
     QuantizeInt8,
+    QuantizeWeightOnly,
 )
 
 

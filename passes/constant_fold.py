@@ -3,7 +3,9 @@
 A node whose inputs are all parameters, buffers or literals (a weight transpose, a scale
 computed from a parameter, an ``arange`` of a fixed size) is computed at build time and
 replaced by a buffer. Nothing that depends on a model input is touched, nor random or
-in-place ops; results larger than ``max_bytes`` stay computed at run time, so folding never
+in-place ops, nor a value an in-place op writes (GPT-2's and Llama's ``detach_`` of a
+computed mask: on a buffer it would change the buffer, and a ``torch.export`` archive
+refuses it); results larger than ``max_bytes`` stay computed at run time, so folding never
 balloons the model (an ``expand`` of a constant can be huge).
 
 Parameters folded into new constants stop being trainable: run it after fine-tuning.
@@ -39,6 +41,8 @@ class ConstantFold(Pass):
                 continue
             if all(user in values for user in node.users):
                 continue  # an interior node: only its frontier needs a value at run time
+            if any(_mutates(user, node) for user in node.users):
+                continue  # a buffer written in place would carry over from call to call
             if value.numel() * value.element_size() > self.config.max_bytes:
                 continue
             name = f"_folded_{folded}"
@@ -75,6 +79,19 @@ def _fetch(module: torch.nn.Module, target: str):
     for part in target.split("."):
         owner = getattr(owner, part)
     return owner
+
+
+def _mutates(user: fx.Node, node: fx.Node) -> bool:
+    """``user`` writes ``node``'s value in place (``detach_``, ``add_``: its schema marks
+    that argument as written)."""
+    schema = getattr(user.target, "_schema", None)
+    if schema is None:
+        return False
+    for index, argument in enumerate(schema.arguments):
+        value = user.args[index] if index < len(user.args) else user.kwargs.get(argument.name)
+        if value is node and argument.alias_info is not None and argument.alias_info.is_write:
+            return True
+    return False
 
 
 def _pure(node: fx.Node) -> bool:

@@ -42,15 +42,17 @@ def bind(recipe: Recipe, host: PluginHost) -> Plan:
             raise validation_error(
                 exc, pass_class.Config, file=recipe.label, prefix=f"{where}.config."
             ) from None
-        for split in pass_class.needs_data:
+        pass_ = pass_class(config)
+        for split in pass_.needs_data:  # asked of the configured pass: it may depend on it
             if getattr(recipe.data, split) is None:
                 raise RecipeError(
-                    f"pass {spec.name!r} needs a {split} set",
+                    f"pass {spec.name!r} needs a {split} set"
+                    + (f" ({why})" if (why := pass_.data_reason(split)) else ""),
                     file=recipe.label,
                     field=f"data.{split}",
                     fix=f"add a [data.{split}] table (source, samples, batch_size)",
                 )
-        passes.append(pass_class(config))
+        passes.append(pass_)
     name = recipe.target.backend
     if name not in host.backends:
         raise RecipeError(

@@ -14,7 +14,7 @@ import traceback
 import torch
 
 from ..errors import CaptureError, RecipeError
-from ..ir import ModelIR, ModelMeta
+from ..ir import ModelIR, ModelMeta, placeholder_name
 from ..loading import LoadedModel
 from ..recipe import DimRange, ModelSection
 from ..specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
@@ -91,7 +91,7 @@ def capture(
     module = program.module()
     _own_weights(module)
     placeholders = [n.name for n in module.graph.nodes if n.op == "placeholder"]
-    if placeholders != [s.name for s in specs]:
+    if placeholders != [placeholder_name(s.name) for s in specs]:
         _rename_placeholders(module, specs)
     return ModelIR(
         module=module,
@@ -123,16 +123,23 @@ def _own_weights(module: torch.nn.Module) -> None:
 
 
 def _for_signature(module: torch.nn.Module, dynamic: tuple | None) -> tuple | None:
-    """``forward(*inputs)`` takes its dynamic shapes as one tuple for the one varargs."""
-    params = inspect.signature(module.forward).parameters.values()
-    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
-    return (dynamic,) if varargs and dynamic is not None else dynamic
+    """Dynamic shapes shaped like ``forward``'s parameters: the inputs a ``*args`` takes
+    (``forward(*inputs)``, or a language model's ``forward(ids, mask, positions, *cache)``)
+    go as one tuple in its place."""
+    if dynamic is None:
+        return None
+    params = list(inspect.signature(module.forward).parameters.values())
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL not in kinds:
+        return dynamic
+    fixed = kinds.index(inspect.Parameter.VAR_POSITIONAL)
+    return (*dynamic[:fixed], tuple(dynamic[fixed:]))
 
 
 def _rename_placeholders(module: torch.fx.GraphModule, specs: list[InputSpec]) -> None:
     nodes = [n for n in module.graph.nodes if n.op == "placeholder"]
     for node, spec in zip(nodes, specs, strict=True):
-        node.name = node.target = spec.name
+        node.name = node.target = placeholder_name(spec.name)
     module.recompile()
 
 

@@ -128,7 +128,7 @@ class _Store(Instrument):
 def _adopt(ir: ModelIR, module: torch.fx.GraphModule) -> None:
     """Swap the cached graph into ``ir``, under the model's own input names."""
     nodes = [n for n in module.graph.nodes if n.op == "placeholder"]
-    for node, name in zip(nodes, ir.input_names, strict=True):
+    for node, name in zip(nodes, ir.placeholder_names, strict=True):
         node.name = node.target = name
     module.recompile()
     ir.module = module

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..recipe import VerifySection
-from ..task import Task
+from ..task import Evidence, Task
 from ..timing import reference_vs_optimized
 from .reference import feeds, run_batches
 from .state import RunState
@@ -26,6 +26,8 @@ BOUNDS: dict[str, tuple[str, bool]] = {
     "max_abs": ("max_abs", False),
     "max_rel_l2": ("rel_l2", False),
     "min_top1_agreement": ("top1_agreement", True),
+    "max_perplexity_increase": ("perplexity_increase", False),
+    "min_generation_agreement": ("generation_agreement", True),
 }
 
 
@@ -104,9 +106,22 @@ def check_budget(metrics: dict[str, float], budget: VerifySection) -> list[Budge
 
 
 def stage(run: RunState) -> None:
-    """Stage ``verify``: the artifact's outputs against the reference, the budget, latency."""
-    candidate = run_batches(run.runner, run.splits["verification"], run.output, "artifact")
+    """Stage ``verify``: the artifact's outputs against the reference, what the task judges
+    beyond them (a language model's perplexity and generation), the budget, latency."""
+    batches = run.splits["verification"]
+    candidate = run_batches(run.runner, batches, run.output, "artifact")
     run.metrics = compare(run.reference, candidate, run.masks(), run.task)
+    if type(run.task).judge is not Task.judge:  # the task has metrics of its own
+        evidence = Evidence(
+            batches,
+            run.reference,
+            candidate,
+            run.task.reference_runner(run.loaded),
+            run.runner,
+            run.recipe.verify,
+        )
+        with run.output.stage(f"judging the artifact as a {run.task.name} model"):
+            run.metrics.update(run.task.judge(evidence))
     run.budget = check_budget(run.metrics, run.recipe.verify)
     if run.recipe.verify.latency:
         with run.output.stage("timing the artifact against the original model"):

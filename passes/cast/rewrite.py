@@ -9,10 +9,16 @@ first consumer, and reused by the others.
 
 Parameters and buffers are stored in the dtype their consumers want: half when any consumer
 computes in half, float32 when all of them are float32 islands (LayerNorm's weight and bias).
+
+A constant the half dtype cannot hold keeps its op in float32: a scalar argument beyond the
+dtype's range (the ``torch.finfo(float32).min`` DeBERTa fills masked attention scores with,
+which ``masked_fill`` on an fp16 tensor refuses to convert) or a parameter or buffer holding
+such values. Cast down, either would become ``inf``, and the ``inf - inf`` after it ``NaN``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,6 +46,8 @@ class CastStats:
     casts: int = 0
     half_tensors: int = 0
     fp32_tensors: int = 0
+    #: nodes kept in float32 because a constant they read is beyond the half dtype's range
+    out_of_range: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -48,6 +56,7 @@ class CastStats:
             "casts": self.casts,
             "params_half": self.half_tensors,
             "params_fp32": self.fp32_tensors,
+            **({"fp32_out_of_range": self.out_of_range} if self.out_of_range else {}),
         }
 
 
@@ -70,6 +79,9 @@ def cast_graph(
         for node in _output_producers(graph, roles):
             roles[node] = Role.KEEP
     stats = CastStats()
+    for node in _out_of_range(module, roles, dtype):
+        roles[node] = Role.KEEP
+        stats.out_of_range.append(node.name)
     _cast_parameters(module, roles, dtype, fake_mode, stats)
     casts: dict[tuple[fx.Node, torch.dtype], fx.Node] = {}
     for node in list(graph.nodes):
@@ -106,6 +118,54 @@ def _output_producers(graph: fx.Graph, roles: dict[fx.Node, Role]) -> list[fx.No
         elif roles[node] in (Role.HALF, Role.LIGHT):
             found.append(node)
     return found
+
+
+def _out_of_range(
+    module: fx.GraphModule, roles: dict[fx.Node, Role], dtype: torch.dtype
+) -> list[fx.Node]:
+    """Half-precision nodes reading a constant ``dtype`` cannot hold: a finite scalar
+    argument beyond its range, or a parameter or buffer (through data movement) with such
+    values. They compute in float32, so the constant is never rounded to ``inf``."""
+    limit = torch.finfo(dtype).max
+    found: dict[fx.Node, None] = {}
+    for node in module.graph.nodes:
+        if node.op == "call_function" and roles[node] in (Role.HALF, Role.LIGHT):
+            scalars: list = []
+            fx.node.map_aggregate((node.args, node.kwargs), scalars.append)
+            if any(_beyond(value, limit) for value in scalars):
+                found[node] = None
+        elif node.op == "get_attr" and _is_castable(node):
+            value = _attr(module, node.target)
+            finite = value.detach()[torch.isfinite(value.detach())]
+            if finite.numel() and float(finite.abs().max()) > limit:
+                for user in _compute_users(node, roles):
+                    found[user] = None
+    return list(found)
+
+
+def _beyond(value, limit: float) -> bool:
+    """A finite float scalar (a fill value, a clamp bound) outside ``[-limit, limit]``."""
+    return isinstance(value, float) and math.isfinite(value) and abs(value) > limit
+
+
+def _compute_users(node: fx.Node, roles: dict[fx.Node, Role]) -> list[fx.Node]:
+    """The half-precision nodes that read ``node``, looking through data movement."""
+    found, stack, seen = [], list(node.users), set()
+    while stack:
+        user = stack.pop()
+        if user in seen or user.op != "call_function":
+            continue
+        seen.add(user)
+        if roles[user] is Role.FOLLOW:
+            stack.extend(user.users)
+        elif roles[user] in (Role.HALF, Role.LIGHT):
+            found.append(user)
+    return found
+
+
+def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
+    owner, name = _owner(module, target)
+    return getattr(owner, name)
 
 
 def _cast_parameters(module, roles, dtype, fake_mode, stats: CastStats) -> None:

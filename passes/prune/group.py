@@ -10,6 +10,12 @@ width (embeddings, every LayerNorm, every residual write).
 Its kind decides which ratio applies: ``heads``, ``ffn``, ``conv``, ``hidden`` (a width that
 a LayerNorm or an embedding spans); ``head_dim`` and ``other`` groups are never pruned.
 
+A Linear's output viewed as ``[heads, head_dim]`` is a head split even where no attention op
+the analysis knows tags the heads (DeBERTa folds them into the batch axis for its ``bmm``):
+its minor factor is a ``head_dim`` group, kept whole and listed with the groups left alone
+(never an ``ffn`` group: slicing it would shrink every head), its major factor a ``heads``
+group.
+
 Grouped-query attention (Llama, Qwen2, Mistral: fewer key/value heads than query heads, each
 shared by a group of query heads) shows up as attention heads that are a *product* of two
 spaces: the key/value heads and the query heads per key/value head (``repeat_kv``'s expand
@@ -27,6 +33,10 @@ from .dims import Dim
 from .spaces import Spaces
 
 KINDS = ("ffn", "heads", "conv", "hidden")
+#: why the head_dim of a head split no attention op tags is left whole
+HEAD_DIM_OF_SPLIT = (
+    "head_dim of a projection split into heads: kept whole, heads are pruned as units"
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,9 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
             for base in spaces.bases(space.id):
                 slices_of.setdefault(base, []).append(Slice(dim.attr, dim.axis, space.id))
     head_dims = _head_dims(spaces)
+    split_heads, split_dims = _head_splits(spaces)
+    split_dims -= head_dims
+    head_dims |= split_dims
     grouped = _grouped_query(spaces, head_dims)
     groups = []
     for space in spaces:
@@ -100,6 +113,10 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
         if not producers:
             fixed = [*fixed, "no layer produces these channels"]
         kind = "head_dim" if space.id in head_dims else _kind(space.tags, tags)
+        if space.id in split_heads and kind not in ("head_dim", "hidden"):
+            kind = "heads"
+        if space.id in split_dims:
+            fixed = [*fixed, HEAD_DIM_OF_SPLIT]
         unsafe = space.unsafe_reasons
         if space.id in grouped:
             kind, unsafe = "heads", sorted({*unsafe, grouped[space.id]})
@@ -136,6 +153,23 @@ def _head_dims(spaces: Spaces) -> set[int]:
                 if any("heads" in spaces[p].tags for p in parts[:i]):
                     found.add(part)
     return found
+
+
+def _head_splits(spaces: Spaces) -> tuple[set[int], set[int]]:
+    """``(heads, head_dims)``: the factors of a Linear's out-features viewed as
+    ``[..., heads, head_dim]`` (the space a Linear weight's rows index, defined as a product
+    of two or more parts)."""
+    heads: set[int] = set()
+    dims: set[int] = set()
+    for space in spaces:
+        if not space.definition or space.definition[0] != "product":
+            continue
+        parts = space.definition[1]
+        if len(parts) < 2 or not {"linear", "producer"} <= space.tags:
+            continue
+        dims.add(parts[-1])
+        heads.add(parts[-2])
+    return heads - dims, dims
 
 
 def _grouped_query(spaces: Spaces, head_dims: set[int]) -> dict[int, str]:

@@ -9,7 +9,9 @@ head size, so ``head_dim`` is written too; a multi-head model that names its key
 
 A config that does not describe the weights next to it is a broken output, so the pass asks
 first (:func:`unexpressed`) which groups the config *cannot* describe, and leaves those whole:
-a width with no key at all (a classifier's pooler, a kind the config has no key for), a second
+a width with no key at all (a classifier's pooler, a kind the config has no key for: conv
+channels, which transformers builds from a model's own widths such as ResNet's
+``hidden_sizes``), a second
 group of one kind in one layer (one size per layer is all a key holds), a group outside the
 numbered layers, or one whose size is not the key's. Whatever still cannot be written is an
 error of the pass (:func:`updated_config`'s notes), never a warning next to a stale file.
@@ -33,6 +35,8 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "n
 LAYERED = ("heads", "ffn")
 #: key/value heads, updated with the heads when they equal them (multi-head attention)
 KV_KEYS = ("num_key_value_heads",)
+#: why a Hugging Face model's conv groups stay whole
+UNDESCRIBED_CONV = "left whole (the model is rebuilt from its config's layer widths)"
 
 
 def config_key(config: Mapping[str, Any], kind: str) -> str | None:
@@ -57,6 +61,11 @@ def unexpressed(
     """The prunable groups of ``kinds`` whose size ``config`` cannot record: group id ->
     reason. Pruning them would ship a config.json that does not describe the weights."""
     out: dict[int, str] = {}
+    for kind in (k for k in kinds if k not in KEYS):
+        # conv channels: transformers builds each convolution from the config's own widths
+        # (ResNet's hidden_sizes, a bottleneck's reduction), which no key of ours records
+        reason = f"config.json has no key for {kind} channels; {UNDESCRIBED_CONV}"
+        out.update({g.id: reason for g in groups if g.kind == kind and g.prunable})
     layers = layer_count(config)
     for kind in (k for k in LAYERED if k in kinds):
         members = [g for g in groups if g.kind == kind and g.prunable]

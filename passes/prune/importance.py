@@ -7,7 +7,10 @@
   all its parameters, from gradients on the calibration data. With integer labels on a
   classifier the loss is cross-entropy; otherwise (embeddings, regression) it is a random
   projection of the outputs, so the score estimates ``E ||J w||^2``, how far the outputs move
-  when the unit is zeroed. Squared per batch and summed over batches.
+  when the unit is zeroed. Squared per batch and summed over batches. A group none of whose
+  tensors is a parameter (weights held as constants in the graph: folded, or exported that
+  way) is differentiated through those tensors; one the loss has no gradient path to is
+  scored by ``l2`` magnitude instead, and :func:`taylor` names it so the pass can warn.
 - ``activation``: how far each Linear reading the unit moves its output when the unit is
   removed, on the calibration data: ``sum ||x_u W_u^T||^2`` over the tokens, from the Gram
   matrix of the Linear's input (``x_u``: the unit's input channels, a whole head for an
@@ -33,9 +36,14 @@ CRITERIA = ("l1", "l2", "taylor", "activation")
 
 
 def magnitude(
-    module: torch.nn.Module, deps: DependencyGraph, groups: Sequence[Group], power: int
+    module: torch.nn.Module,
+    deps: DependencyGraph,
+    groups: Sequence[Group],
+    power: int,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> dict[int, np.ndarray]:
-    params = dict(module.named_parameters())
+    """``tensors``: what to score (name -> tensor), the module's parameters by default."""
+    params = dict(module.named_parameters()) if tensors is None else tensors
     scores = {}
     for group in groups:
         total = np.zeros(group.size)
@@ -58,33 +66,74 @@ def taylor(
     batches: Sequence[Batch],
     input_names: Sequence[str],
     advance: Callable[[int], None] = lambda n: None,
-) -> dict[int, np.ndarray]:
-    params = dict(module.named_parameters())
-    used = sorted({p.attr for g in groups for p in g.slices if p.attr in params})
-    tensors = [params[name] for name in used]
+) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Taylor scores, and the names of the groups scored by ``l2`` magnitude instead (the
+    loss has no gradient with respect to any of their tensors)."""
+    named = _scored_tensors(module, groups)
+    used = sorted(named)
+    tensors = [named[name] for name in used]
     saved = [t.requires_grad for t in tensors]
     scores = {g.id: np.zeros(g.size) for g in groups}
+    reached: set[str] = set()
     generator = torch.Generator().manual_seed(0)
     try:
         for t in tensors:
             t.requires_grad_(True)
-        for batch in batches:
+        for batch in batches if tensors else ():
             with torch.enable_grad():
                 out = module(*(batch[name] for name in input_names))
                 outputs = list(out) if isinstance(out, (tuple, list)) else [out]
                 loss = _loss(outputs, batch, generator)
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+                grads = (
+                    torch.autograd.grad(loss, tensors, allow_unused=True)
+                    if loss.requires_grad
+                    else [None] * len(tensors)
+                )
             products = {
                 name: (g * t).detach().double() if g is not None else None
                 for name, t, g in zip(used, tensors, grads, strict=True)
             }
+            reached |= {name for name, product in products.items() if product is not None}
             for group in groups:
                 scores[group.id] += _removal_effect(deps, group, products) ** 2
             advance(1)
     finally:
         for t, flag in zip(tensors, saved, strict=True):
             t.requires_grad_(flag)
-    return scores
+    unreached = [g for g in groups if not {p.attr for p in g.slices} & reached]
+    if unreached:
+        scores.update(magnitude(module, deps, unreached, 2, _float_tensors(module, unreached)))
+    return scores, [g.name for g in unreached]
+
+
+def _scored_tensors(module: torch.nn.Module, groups: Sequence[Group]) -> dict[str, torch.Tensor]:
+    """The tensors whose gradients score ``groups``: their parameters; for a group with none,
+    its float constants (weights held as buffers or attributes of the graph)."""
+    params = dict(module.named_parameters())
+    out = {}
+    for group in groups:
+        mine = {p.attr: params[p.attr] for p in group.slices if p.attr in params}
+        out.update(mine or _float_tensors(module, [group]))
+    return out
+
+
+def _float_tensors(module: torch.nn.Module, groups: Sequence[Group]) -> dict[str, torch.Tensor]:
+    """Every floating-point tensor ``groups`` slice, parameter or not, by name."""
+    out = {}
+    for name in {p.attr for g in groups for p in g.slices}:
+        tensor = _attribute(module, name)
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.is_leaf:
+            out[name] = tensor
+    return out
+
+
+def _attribute(module: torch.nn.Module, name: str):
+    value = module
+    for part in name.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 def _removal_effect(deps: DependencyGraph, group: Group, products: dict) -> np.ndarray:

@@ -63,8 +63,8 @@ def reexport(ir: ModelIR) -> fx.GraphModule:
     )
     module = program.module()
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-    if [n.name for n in placeholders] != ir.input_names:
-        for node, name in zip(placeholders, ir.input_names, strict=True):
+    if [n.name for n in placeholders] != ir.placeholder_names:
+        for node, name in zip(placeholders, ir.placeholder_names, strict=True):
             node.name = node.target = name
         module.recompile()
     return module

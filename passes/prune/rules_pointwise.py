@@ -113,6 +113,14 @@ ELEMENTWISE = (
     "empty_like",
     "rand_like",
     "randn_like",
+    # in place, as non-strict export keeps them (ResNet's residual ``hidden_state += shortcut``)
+    "add_",
+    "sub_",
+    "mul_",
+    "div_",
+    "relu_",
+    "clamp_",
+    "masked_fill_",
 )
 
 

@@ -29,8 +29,15 @@ from fxopt.passes.dce import DeadCodeElimination
 from . import reconstruct
 from .config import PruneConfig
 from .graph import ChannelDependencies, DependencyGraph
-from .group import Group
-from .hf_config import KEYS, config_sizes, refused_by_transformers, unexpressed, updated_config
+from .group import HEAD_DIM_OF_SPLIT, Group
+from .hf_config import (
+    KEYS,
+    UNDESCRIBED_CONV,
+    config_sizes,
+    refused_by_transformers,
+    unexpressed,
+    updated_config,
+)
 from .importance import magnitude, removal_energy, taylor
 from .pruners import PrunerTable
 from .rewrite import prune_in_place, reexport
@@ -64,9 +71,8 @@ class StructuredPrune(Pass):
             _refuse_nothing(
                 _idle_kinds(config, deps.groups, [], left_alone, ignored), left_alone, ctx
             )
-        scores = self._scores(ir, deps, targets, ctx)
+        scores, warnings = self._scores(ir, deps, targets, ctx)
         decisions = select(targets, scores, ratios, round_to=config.round_to, scope=config.scope)
-        warnings: list[str] = []
         for decision in decisions:
             if decision.clamped:
                 warnings.append(
@@ -111,21 +117,33 @@ class StructuredPrune(Pass):
         return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
 
     def _scores(self, ir, deps: DependencyGraph, targets: list[Group], ctx: PassContext):
+        """The scores of ``targets``, and warnings about how they were taken."""
         criterion = self.config.criterion  # type: ignore[attr-defined]
         if criterion in ("l1", "l2"):
-            return magnitude(ir.module, deps, targets, 1 if criterion == "l1" else 2)
+            return magnitude(ir.module, deps, targets, 1 if criterion == "l1" else 2), []
         batches = ctx.required_batches(
             "calibration", f"criterion {criterion!r}", "or use criterion = 'l2'"
         )
         if criterion == "taylor":
             with ctx.output.task("taylor importance", len(batches)) as advance:
-                return taylor(ir.module, deps, targets, batches, ir.input_names, advance)
+                scores, unreached = taylor(
+                    ir.module, deps, targets, batches, ir.input_names, advance
+                )
+            warnings = []
+            if unreached:
+                more = f" (and {len(unreached) - 1} more)" if len(unreached) > 1 else ""
+                warnings.append(
+                    f"prune.structured: criterion 'taylor' found no gradient for "
+                    f"{unreached[0]}{more}: the outputs do not depend on its weights through "
+                    "differentiable ops; scored by l2 magnitude instead"
+                )
+            return scores, warnings
         readers = reconstruct.readers(ir.module, deps, {g.id for g in targets})
         inputs = {node.args[0]: weight for node, weight, _ in readers}
         with ctx.output.task("activation importance", len(batches)) as advance:
             grams = reconstruct.input_grams(ir.module, inputs, batches, ir.input_names, advance)
         spaces = [(weight, space_id) for _, weight, space_id in readers]
-        return removal_energy(ir.module, deps, targets, spaces, grams)
+        return removal_energy(ir.module, deps, targets, spaces, grams), []
 
     @staticmethod
     def _reconstruction(ir, deps: DependencyGraph, keep: dict, ctx: PassContext) -> dict:
@@ -191,6 +209,10 @@ def _left_alone(
     unproven = {g.id for g in deps.unproven}
     out = []
     for group in deps.groups:
+        if group.kind == "head_dim" and HEAD_DIM_OF_SPLIT in group.fixed:
+            if {"ffn", "heads"} & set(ratios):  # the width an ffn or heads ratio might expect
+                out.append((group, HEAD_DIM_OF_SPLIT))
+            continue
         if group.kind not in ratios:
             continue
         if group.id in unproven:
@@ -235,6 +257,13 @@ def _refuse_nothing(idle: list[str], left_alone: list[tuple[Group, str]], ctx) -
         fix = (
             "heads of grouped-query attention are not pruned yet: set `ffn` to prune the MLP "
             "(gate/up/down), or drop this pass"
+        )
+    elif UNDESCRIBED_CONV in reasons:
+        fix = (
+            "a Hugging Face model's conv channels cannot be recorded in its config.json: "
+            "export the model with torch.export (a .pt2 file, no config.json to keep in step) "
+            "and prune that, prune a kind config.json can describe (`ffn`, `heads`), or drop "
+            "this pass"
         )
     elif "config.json" in reasons:
         fix = "prune a kind config.json can describe (`ffn`, `heads`), or drop this pass"

@@ -11,6 +11,7 @@ holding NaN or inf are errors naming the file, the parameter and the fix.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from fxopt.engine.recipe import MAX_AXIS, DimRange
 from fxopt.engine.specs import IndexRange, InputSpec
 from fxopt.plugins.model_checks import check_finite_weights
 
+from . import causal_lm
 from .tasks import POOLING_MODES, TASKS, SentenceEmbedding, TaskModule
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -73,25 +75,38 @@ class HuggingFaceLoader(Loader):
                 field="model.task",
                 fix=f"use one of: {', '.join(TASKS)}",
             )
+        if task == "causal-lm":  # before any work: is the cache of this architecture known?
+            causal_lm.check_supported(config, path / "config.json")
         modules = _read_modules(path) if task == "sentence-embedding" else None
-        model = _from_pretrained(path, task, options, weights)
+        model = _from_pretrained(path, task, options, weights, _auto_class(config, task))
         check_finite_weights(
             model.state_dict(keep_vars=True).items(),
             file=weights[0] if len(weights) == 1 else path,
             locate=lambda name: _holder(weights, name),
         )
-        inputs, dims = _propose_inputs(config, task, path / "config.json")
-        module = _wrap(path, model, task, [s.name for s in inputs], modules)
+        if task == "causal-lm":
+            inputs, dims, outputs = causal_lm.propose(config, path / "config.json")
+            module = causal_lm.CausalLMWithCache(model, causal_lm.cache_layout(config)[0])
+        else:
+            inputs, dims = _propose_inputs(
+                config, task, path / "config.json", _forward_names(model)
+            )
+            module = _wrap(path, model, task, [s.name for s in inputs], modules)
+            outputs = TASKS[task][1]
         tokenizer = _tokenizer(path) if "pixel_values" not in {s.name for s in inputs} else None
+        tokenize = _tokenize_fn(tokenizer, [s.name for s in inputs]) if tokenizer else None
+        if tokenize is not None and task == "causal-lm":
+            causal_lm.check_tokenizer(tokenizer, path)
+            tokenize = causal_lm.with_cache_inputs(tokenize, config)
         return LoadedModel(
             module=module.eval(),
             task=task,
             inputs=inputs,
             dims=dims,
-            output_names=TASKS[task][1],
+            output_names=outputs,
             files=sorted({*weights, *_json_files(path)}),
             config=config,
-            tokenize=_tokenize_fn(tokenizer, [s.name for s in inputs]) if tokenizer else None,
+            tokenize=tokenize,
             save_assets=lambda out, graph_config: _copy_assets(path, out, config, graph_config),
         )
 
@@ -186,14 +201,37 @@ def _infer_task(path: Path, config: dict[str, Any]) -> str:
     return "feature-extraction"
 
 
+def _auto_class(config: dict[str, Any], task: str) -> str:
+    """The transformers auto class that builds what the checkpoint is, for ``task``.
+
+    The features of a text model are its encoder's: for a family whose encoder transformers
+    builds on its own (``T5EncoderModel``; ``AutoModel`` would build the whole ``T5Model``,
+    whose decoder the weights of an encoder checkpoint lack and whose forward needs decoder
+    inputs), an encoder checkpoint and the encoder of an encoder-decoder checkpoint load with
+    ``AutoModelForTextEncoding``.
+    """
+    name = TASKS[task][0]
+    if name != "AutoModel":
+        return name
+    from transformers.models.auto import modeling_auto
+
+    model_type = config.get("model_type")
+    encoder = modeling_auto.MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES.get(model_type)
+    if encoder is None or encoder == modeling_auto.MODEL_MAPPING_NAMES.get(model_type):
+        return name
+    if config.get("is_encoder_decoder") or encoder in (config.get("architectures") or []):
+        return "AutoModelForTextEncoding"
+    return name
+
+
 def _from_pretrained(
-    path: Path, task: str, options: LoadOptions, weights: list[Path]
+    path: Path, task: str, options: LoadOptions, weights: list[Path], auto_class: str
 ) -> torch.nn.Module:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    auto = getattr(transformers, TASKS[task][0])
+    auto = getattr(transformers, auto_class)
     try:
         # mismatched shapes are reported by _check_loading, naming the parameter and sizes,
         # instead of transformers' "You set ignore_mismatched_sizes to False" RuntimeError
@@ -322,30 +360,82 @@ def _holder(weights: list[Path], name: str) -> Path | None:
     return None
 
 
+#: the image side proposed when config.json gives none (conv nets take any size; a recipe
+#: sets its own with [model.inputs.pixel_values] shape)
+DEFAULT_IMAGE_SIZE = 224
+
+
+def _forward_names(model: torch.nn.Module) -> set[str] | None:
+    """The keyword arguments ``model.forward`` takes by name; ``None`` when it takes any
+    (``**kwargs`` only), so the inputs cannot be read from it."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    named = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return named if named & {"input_ids", "pixel_values"} else None
+
+
 def _propose_inputs(
-    config: dict[str, Any], task: str, config_file: Path
+    config: dict[str, Any], task: str, config_file: Path, accepted: set[str] | None = None
 ) -> tuple[list[InputSpec], dict]:
+    """The inputs the model is called with, by name: the ones its ``forward`` takes
+    (``accepted``; read from config.json when the signature does not say).
+
+    Images: ``pixel_values`` float32 ``[batch, num_channels, image_size, image_size]`` in
+    [-1, 1], the sizes from config.json (``num_channels`` else 3, ``image_size`` an int or
+    ``[height, width]``, else :data:`DEFAULT_IMAGE_SIZE`); text: ``input_ids`` (in the
+    vocabulary), ``attention_mask`` and ``token_type_ids`` (when ``type_vocab_size`` > 1),
+    each only if ``forward`` takes it.
+    """
     batch = DimRange(min=1, opt=8, max=64)
-    if task == "image-classification" or "image_size" in config:
-        size = config.get("image_size", 224)
+    if accepted is not None:
+        images = "pixel_values" in accepted and "input_ids" not in accepted
+    else:
+        images = task == "image-classification" or "image_size" in config
+    if images:
+        height, width = _image_size(config, config_file)
         channels = config.get("num_channels", 3)
-        spec = InputSpec("pixel_values", "float32", ("batch", channels, size, size), -1.0, 1.0)
-        return [spec], {"batch": batch}
+        shape = ("batch", channels, height, width)
+        return [InputSpec("pixel_values", "float32", shape, -1.0, 1.0)], {"batch": batch}
     vocab = int(config.get("vocab_size", 2))
     # a long-context model's own limit may exceed what a recipe may declare; never below 2
     max_len = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
     max_len = max(2, min(max_len, MAX_AXIS))
     ids = IndexRange(vocab, str(config_file), "vocab_size") if "vocab_size" in config else None
-    inputs = [
-        InputSpec("input_ids", "int64", ("batch", "sequence"), 0, vocab, ids),
-        InputSpec("attention_mask", "int64", ("batch", "sequence"), 1, 2),
-    ]
-    types = int(config.get("type_vocab_size", 0))
-    if types > 1:
+    inputs = [InputSpec("input_ids", "int64", ("batch", "sequence"), 0, vocab, ids)]
+    if accepted is None or "attention_mask" in accepted:
+        inputs.append(InputSpec("attention_mask", "int64", ("batch", "sequence"), 1, 2))
+    types = int(config.get("type_vocab_size") or 0)
+    if types > 1 and (accepted is None or "token_type_ids" in accepted):
         kinds = IndexRange(types, str(config_file), "type_vocab_size")
         inputs.append(InputSpec("token_type_ids", "int64", ("batch", "sequence"), 0, 1, kinds))
     sequence = DimRange(min=2, opt=min(128, max_len), max=max_len)
     return inputs, {"batch": batch, "sequence": sequence}
+
+
+def _image_size(config: dict[str, Any], config_file: Path) -> tuple[int, int]:
+    """``(height, width)`` from config.json's ``image_size`` (an int, or a pair)."""
+    size = config.get("image_size", DEFAULT_IMAGE_SIZE)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size, size
+    if (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        return size[0], size[1]
+    raise ModelError(
+        f"image_size must be a positive int or [height, width], not {size!r}",
+        file=config_file,
+        field="image_size",
+        fix="correct image_size, or set the input's shape in the recipe: [model.inputs."
+        'pixel_values] shape = ["batch", 3, 224, 224]',
+    )
 
 
 def _read_modules(path: Path) -> list[dict[str, Any]] | None:
@@ -426,7 +516,10 @@ def _tokenizer(path: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoders often ship without one
+    return tokenizer
 
 
 def _tokenize_fn(tokenizer: Any, names: list[str]):

@@ -13,6 +13,7 @@ import copy
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from fxopt.engine.errors import FxoptError
 from fxopt.engine.ir import ModelIR
 
 from .attention import rewrite_attention
+from .translations import translation_table
 
 
 class OnnxExportError(FxoptError):
@@ -50,6 +52,8 @@ def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[st
                 input_names=ir.input_names,
                 output_names=ir.output_names,
                 dynamo=True,
+                # custom ops' translations, contributed by their plugins (.translations)
+                custom_translation_table=translation_table() or None,
                 opset_version=opset,
                 verbose=False,
             )
@@ -109,7 +113,15 @@ def _name_dynamic_axes(model: onnx.ModelProto, ir: ModelIR) -> None:
             wanted = spec.dynamic_axes.get(axis)
             if wanted and dim.dim_param:
                 rename.setdefault(dim.dim_param, wanted)
+
+    def renamed(param: str) -> str:
+        if param in rename:
+            return rename[param]
+        # an expression of symbols (a cache grown by the new tokens: "s15 + s70")
+        named = re.sub(r"[A-Za-z_]\w*", lambda m: rename.get(m.group(0), m.group(0)), param)
+        return named.replace(" ", "")
+
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in rename:
-                dim.dim_param = rename[dim.dim_param]
+            if dim.dim_param:
+                dim.dim_param = renamed(dim.dim_param)

@@ -5,6 +5,12 @@ Lowering exports ``model.onnx`` and lets ONNX Runtime optimize it offline into
 graphs), so load time is spent once, at build time. The optimized file is specific to this
 ONNX Runtime version and, at level ``all``, to this CPU family; ``model.onnx`` is the portable
 one.
+
+A half-precision graph is the exception: at level ``all`` the CPU provider, which has no fp16
+kernels for most ops, stores the fp16 weights as float32 in the optimized file, so the fp16
+artifact would outweigh the fp32 one. Such a graph is saved at level ``extended`` (all the
+fusions, the weights left half) when that is smaller, and the session finishes the
+optimization in memory when it loads it (``optimized_offline_at`` in the report says so).
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
+#: the file ONNX Runtime writes its optimized graph to, and a second optimization of it
+OPTIMIZED = "model.ort.onnx"
+NARROW = "model.ort.extended.onnx"
+#: ONNX initializer types of half-precision weights
+HALF_TYPES = (10, 16)  # onnx.TensorProto.FLOAT16, BFLOAT16
 ORT_TYPES = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
@@ -81,31 +92,68 @@ class OnnxRuntimeBackend(Backend):
         # a quantized graph: weights pre-transposed, uint8 activations (see .qdq)
         qdq = rewrite_file(out_dir / "model.onnx")
         files = [f for f in dict.fromkeys([*files, "model.onnx.data"]) if (out_dir / f).exists()]
-        options = self._session_options()
-        options.optimized_model_filepath = str(out_dir / "model.ort.onnx")
+        disabled = self._disabled(quantized=qdq is not None)
+        self._optimize(out_dir, self.options.graph_optimization_level, OPTIMIZED, disabled)
+        warnings = []
+        if qdq is not None:
+            qdq.update(finish_optimized(out_dir / OPTIMIZED))
+            warnings = float_op_warnings(qdq["float_ops"], qdq["activations_to_uint8"] > 0)
+        narrowed = None
+        if qdq is None and self.options.graph_optimization_level == "all":
+            narrowed = self._keep_half_weights(out_dir, disabled)
+        return Artifact(
+            backend=self.name,
+            path=OPTIMIZED,
+            files=[*files, OPTIMIZED],
+            info={
+                "onnx": "model.onnx",
+                # what a deployment copies: the optimized graph and the weights it points at
+                "deploy": _deployed(out_dir / OPTIMIZED),
+                "onnxruntime": ort.__version__,
+                "graph_optimization_level": self.options.graph_optimization_level,
+                **({"optimized_offline_at": narrowed} if narrowed is not None else {}),
+                **({"qdq_rewrite": qdq} if qdq is not None else {}),
+                **({"warnings": warnings} if warnings else {}),
+            },
+        )
+
+    def _optimize(self, out_dir: Path, level: str, name: str, disabled: list[str]) -> None:
+        """Let ONNX Runtime optimize ``model.onnx`` at ``level`` and save it as ``name``."""
+        import onnxruntime as ort
+
+        options = self._session_options(level)
+        options.optimized_model_filepath = str(out_dir / name)
         ort.InferenceSession(
             str(out_dir / "model.onnx"),
             options,
             providers=self.options.providers,
-            disabled_optimizers=self._disabled(quantized=qdq is not None),
+            disabled_optimizers=disabled,
         )
-        warnings = []
-        if qdq is not None:
-            qdq.update(finish_optimized(out_dir / "model.ort.onnx"))
-            warnings = float_op_warnings(qdq["float_ops"])
-        return Artifact(
-            backend=self.name,
-            path="model.ort.onnx",
-            files=[*files, "model.ort.onnx"],
-            info={
-                "onnx": "model.onnx",
-                # what a deployment copies: the optimized graph and the weights it points at
-                "deploy": _deployed(out_dir / "model.ort.onnx"),
-                "onnxruntime": ort.__version__,
-                "graph_optimization_level": self.options.graph_optimization_level,
-                **({"qdq_rewrite": qdq} if qdq is not None else {}),
-                **({"warnings": warnings} if warnings else {}),
-            },
+
+    def _keep_half_weights(self, out_dir: Path, disabled: list[str]) -> str | None:
+        """A half-precision graph optimized at level ``all`` for a provider without fp16
+        kernels (the CPU's) has its weights stored as float32: the fp16 artifact would outweigh
+        the fp32 one. Level ``extended`` (every fusion, no layout or precision change of the
+        weights) keeps them half; when its files are the smaller, they are the artifact, and a
+        session at ``all`` finishes the optimization in memory when it loads them.
+
+        Returns why the artifact was saved at ``extended``, or ``None`` when it was not.
+        """
+        import onnx
+
+        graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
+        if not any(t.data_type in HALF_TYPES for t in graph.initializer):
+            return None
+        self._optimize(out_dir, "extended", NARROW, disabled)
+        full, narrow = _deployed_bytes(out_dir / OPTIMIZED), _deployed_bytes(out_dir / NARROW)
+        if narrow >= full:
+            (out_dir / NARROW).unlink()
+            return None
+        (out_dir / NARROW).replace(out_dir / OPTIMIZED)
+        return (
+            f"extended: at level all ONNX Runtime stores the half-precision weights as float32 "
+            f"for this provider ({full:,} bytes against {narrow:,}); a session at level all "
+            "applies the rest of the optimization when it loads the model"
         )
 
     def load(self, out_dir: Path, artifact: Artifact) -> Runner:
@@ -120,12 +168,12 @@ class OnnxRuntimeBackend(Backend):
         disabled = [] if self.options.skip_layernorm_fusion else ["SkipLayerNormFusion"]
         return disabled + (list(DISABLED_OPTIMIZERS) if quantized else [])
 
-    def _session_options(self):
+    def _session_options(self, level: str | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        level = LEVELS[self.options.graph_optimization_level]
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        name = LEVELS[level or self.options.graph_optimization_level]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, name)
         options.intra_op_num_threads = self.options.intra_op_threads
         options.inter_op_num_threads = self.options.inter_op_threads
         options.log_severity_level = 3
@@ -158,6 +206,10 @@ class OrtRunner(Runner):
 @hookimpl
 def fxopt_register_backends(registry) -> None:
     registry.register(OnnxRuntimeBackend.name, OnnxRuntimeBackend)
+
+
+def _deployed_bytes(model: Path) -> int:
+    return sum((model.parent / name).stat().st_size for name in _deployed(model))
 
 
 def _deployed(model: Path) -> list[str]:

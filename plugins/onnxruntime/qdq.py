@@ -80,18 +80,31 @@ def float_quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
     return dict(left)
 
 
-def float_op_warnings(left: dict[str, int]) -> list[str]:
-    """What to tell the user about :func:`float_quantized_ops`' findings."""
+def float_op_warnings(left: dict[str, int], int8_activations: bool = True) -> list[str]:
+    """What to tell the user about :func:`float_quantized_ops`' findings.
+
+    ``int8_activations``: the graph quantized activations as int8 (``int8_sym``, moved to
+    uint8 by :func:`rewrite_for_ort`). Only then does setting ``activations = "uint8"`` help a
+    convolution; with uint8 activations already, one left in float has an output that no
+    quantize step reads (a residual add, a pooling), which ONNX Runtime's QLinearConv needs.
+    """
     if not left:
         return []
     ops = ", ".join(f"{count} {op}" for op, count in sorted(left.items()))
     hint = ""
     if any("Conv" in op for op in left):
-        hint = (
-            '; for convolutions set activations = "uint8" in quantize.int8\'s config (a ReLU '
-            "output then has zero point 0 and folds into the next quantize step, which lets "
-            "ONNX Runtime make a QLinearConv)"
-        )
+        if int8_activations:
+            hint = (
+                '; for convolutions set activations = "uint8" in quantize.int8\'s config (a '
+                "ReLU output then has zero point 0 and folds into the next quantize step, "
+                "which lets ONNX Runtime make a QLinearConv)"
+            )
+        else:
+            hint = (
+                "; the activations are uint8 already: these convolutions' outputs go to float "
+                "ops (a residual add, a pooling) instead of a quantize step, and ONNX Runtime "
+                "makes a QLinearConv only of DequantizeLinear -> Conv -> QuantizeLinear"
+            )
     return [f"quantized ops left in float by ONNX Runtime's fusions: {ops}{hint}"]
 
 

@@ -5,6 +5,9 @@ with weight freezing, which is what lets oneDNN's int8 kernels take over quantiz
 x86; see :mod:`.int8` for what a Q/DQ graph gets first). A quantized graph is compiled with
 static shapes, once per input shape, starting at load time with the captured example shape.
 ``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
+A ``quantize.weight_only`` graph runs its ``fxopt::matmul_nbits`` op's own kernel (unpack,
+dequantize, ``linear``: correct, not fast; torchao's weight-only int4/int8 kernels would be
+the faster path and are not wired in).
 """
 
 from __future__ import annotations

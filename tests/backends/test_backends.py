@@ -14,9 +14,11 @@ from fxopt.engine.backend import Artifact
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
+from fxopt.passes.cast import CastConfig, CastFP16
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions
 from tests.graphs import capture_model, capture_module
+from tests.passes.prune_models import context
 
 
 def small_model() -> torch.nn.Module:
@@ -98,6 +100,51 @@ def test_skip_layernorm_fusion_is_off_unless_asked_for(tmp_path, monkeypatch, fu
     assert ("SkipLayerNormFusion" in seen[-1]) is not fuse
     x = torch.randn(2, 8, 16)
     np.testing.assert_allclose(runner.run({"x": x.numpy()})[0], ir.run({"x": x})[0], atol=1e-5)
+
+
+def wide_model() -> torch.nn.Module:
+    """Three 256-wide linears: the weights (0.8 MB in float32) are most of the files."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256)]
+    return torch.nn.Sequential(*layers, torch.nn.GELU(), torch.nn.Linear(256, 8))
+
+
+def initializer_types(path) -> dict[str, int]:
+    """Elements per initializer type (inline or external) in the ONNX file at ``path``."""
+    out: dict[str, int] = {}
+    for tensor in onnx.load(str(path), load_external_data=False).graph.initializer:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type)
+        out[name] = out.get(name, 0) + int(np.prod(tensor.dims))
+    return out
+
+
+def test_fp16_artifact_on_the_cpu_provider_is_no_larger_than_fp32(tmp_path):
+    """At level all, ONNX Runtime's CPU provider (no fp16 kernels for most ops) stores fp16
+    weights as float32 in model.ort.onnx: the artifact is saved at level extended, which keeps
+    them half, and the session finishes the optimization when it loads it."""
+    backend = OnnxRuntimeBackend(OrtOptions(intra_op_threads=1))
+    deployed, everything, runs = {}, {}, {}
+    x = torch.randn(5, 256)
+    for dtype in ("fp32", "fp16"):
+        ir = capture_module(wide_model(), features=256)
+        if dtype == "fp16":
+            CastFP16(CastConfig()).run(ir, context())
+        out = tmp_path / dtype
+        out.mkdir()
+        artifact = backend.lower(ir, out)
+        assert artifact.path == "model.ort.onnx"
+        deployed[dtype] = sum((out / name).stat().st_size for name in artifact.info["deploy"])
+        everything[dtype] = sum((out / name).stat().st_size for name in artifact.files)
+        got = backend.load(out, Artifact.from_json(artifact.to_json())).run({"x": x.numpy()})[0]
+        np.testing.assert_allclose(got, ir.run({"x": x})[0].float().numpy(), atol=1e-3)
+        runs[dtype] = (artifact, got)
+    assert deployed["fp16"] < 0.6 * deployed["fp32"], deployed
+    assert everything["fp16"] < everything["fp32"], everything
+    artifact, got = runs["fp16"]
+    assert artifact.info["optimized_offline_at"].startswith("extended: at level all")
+    types = initializer_types(tmp_path / "fp16" / "model.ort.onnx")
+    assert types["FLOAT16"] > 50 * types.get("FLOAT", 0), types  # the weights stayed half
+    assert np.abs(got - runs["fp32"][1]).max() < 0.05
 
 
 def test_onnxruntime_missing_provider_is_unavailable():

@@ -16,6 +16,7 @@ from fxopt.engine.specs import InputSpec
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend
 from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS, rewrite_for_ort
+from fxopt.testing.models import ResidualBlock
 from tests.graphs import capture_model
 from tests.passes.quantize_support import TwoBranch, batches, context, make_ir
 
@@ -123,9 +124,25 @@ class SmallCNN(torch.nn.Module):
         return (self.fc(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1)),)
 
 
-def quantized_cnn(tmp_path, activations: str):
+class ResidualCNN(torch.nn.Module):
+    """A ResNet in small: conv stem → ReLU → residual block → max-pool → linear. The block's
+    second convolution feeds the residual add (in float), not a quantize step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.block = ResidualBlock(8)
+        self.fc = torch.nn.Linear(8 * 16, 10)
+
+    def forward(self, x):
+        x = self.block(torch.relu(self.stem(x)))
+        return (self.fc(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1)),)
+
+
+def quantized_cnn(tmp_path, activations: str, model: type[torch.nn.Module] = SmallCNN):
     spec = InputSpec("x", "float32", ("batch", 1, 8, 8), 0.0, 1.0)
-    ir = capture_model(SmallCNN(), spec, {"batch": DimRange(min=1, opt=8, max=32)})
+    ir = capture_model(model().eval(), spec, {"batch": DimRange(min=1, opt=8, max=32)})
     images = batches(features=(1, 8, 8), seed=3)
     calibration = [{"x": b["x"].abs()} for b in images]
     config = Int8Config(ops=["linear", "conv2d"], activations=activations, observer="minmax")
@@ -165,3 +182,19 @@ def test_convolutions_left_in_float_are_reported_with_the_fix(tmp_path):
     assert artifact.info["qdq_rewrite"]["float_ops"] == {"FusedConv": 2}
     [warning] = artifact.info["warnings"]
     assert "2 FusedConv" in warning and 'activations = "uint8"' in warning
+
+
+def test_convolutions_left_in_float_with_uint8_activations_say_why_not_to_set_uint8(tmp_path):
+    """The uint8 hint only where it applies: with uint8 activations already, a convolution
+    left in float is one whose output goes to a float op (the residual add)."""
+    ir, _ = quantized_cnn(tmp_path, "uint8", ResidualCNN)
+    out = tmp_path / "out"
+    out.mkdir()
+    artifact = OnnxRuntimeBackend().lower(ir, out)
+    assert artifact.info["qdq_rewrite"]["activations_to_uint8"] == 0
+    left = artifact.info["qdq_rewrite"]["float_ops"]
+    assert sum(left.values()) >= 1 and all("Conv" in op for op in left), left
+    [warning] = artifact.info["warnings"]
+    assert "left in float by ONNX Runtime's fusions" in warning
+    assert 'set activations = "uint8"' not in warning
+    assert "the activations are uint8 already" in warning and "residual add" in warning

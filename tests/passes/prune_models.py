@@ -159,9 +159,14 @@ def vit_ir(layers: int = 1) -> tuple[nn.Module, ModelIR]:
         image_size=32,
         patch_size=8,
     )
-    wrapped = Hidden(ViTModel(config, add_pooling_layer=False).eval(), "pixel_values").eval()
-    spec = InputSpec("x", "float32", ("batch", 3, 32, 32), -1.0, 1.0)
-    return wrapped, capture_model(wrapped, spec, {"batch": BATCH}, config.to_dict())
+    return _image_ir(ViTModel(config, add_pooling_layer=False), 32)
+
+
+def _image_ir(model: nn.Module, size: int) -> tuple[nn.Module, ModelIR]:
+    """``model`` called with ``pixel_values`` ``[batch, 3, size, size]``, captured."""
+    wrapped = Hidden(model.eval(), "pixel_values").eval()
+    spec = InputSpec("x", "float32", ("batch", 3, size, size), -1.0, 1.0)
+    return wrapped, capture_model(wrapped, spec, {"batch": BATCH}, model.config.to_dict())
 
 
 class Recorder(Output):
@@ -286,3 +291,51 @@ def bert_classifier_ir(layers: int = 2) -> tuple[nn.Module, ModelIR]:
     spec = InputSpec("x", "int64", ("batch", "sequence"), 0, FAMILY_VOCAB)
     dims = {"batch": BATCH, "sequence": SEQUENCE}
     return wrapped, capture_model(wrapped, spec, dims, model.config.to_dict())
+
+
+def deberta_model(layers: int = 2) -> nn.Module:
+    """A seeded random DeBERTa-v2 configured as the DeBERTa-v3 checkpoints are (relative
+    attention with content-to-position and position-to-content terms, shared key
+    projections, masked scores filled with float32's lowest value): width 32, 4 heads of 8,
+    FFN 64."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=FAMILY_VOCAB,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=16,
+        max_relative_positions=-1,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        type_vocab_size=0,
+    )
+    return DebertaV2Model(config)
+
+
+def deberta_ir(layers: int = 2) -> tuple[nn.Module, ModelIR]:
+    model = deberta_model(layers)
+    return _text_ir(model, FAMILY_VOCAB, model.config.to_dict())
+
+
+def convnext_model() -> nn.Module:
+    """A seeded random ConvNeXt on 32x32 images: two stages of one block (16 and 32 channels,
+    each block's MLP 4x wider as two Linears)."""
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(
+        num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=32, num_labels=3
+    )
+    return ConvNextModel(config)
+
+
+def convnext_ir() -> tuple[nn.Module, ModelIR]:
+    return _image_ir(convnext_model(), 32)

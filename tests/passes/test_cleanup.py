@@ -67,6 +67,31 @@ def test_constant_fold_respects_max_bytes():
     assert "aten.t.default" in targets(ir)
 
 
+class WrittenInPlace(torch.nn.Module):
+    """A value computed from a buffer, then written in place (as GPT-2 and Llama ``detach_``
+    their computed masks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("base", torch.ones(8))
+
+    def forward(self, x):
+        scale = self.base * 2.0
+        scale.add_(1.0)
+        return (x * scale,)
+
+
+def test_constant_fold_never_folds_a_value_an_in_place_op_writes():
+    ir = capture_module(WrittenInPlace())
+    assert "aten.add_.Tensor" in targets(ir)
+    expected = ir.run({"x": X})[0]
+    result = ConstantFold().run(ir, None)
+    assert result.metrics["folded"] == 0
+    for _ in range(3):  # a folded buffer would grow by one each call
+        torch.testing.assert_close(ir.run({"x": X})[0], expected)
+    assert [name for name, _ in ir.module.named_buffers()] == ["base"]
+
+
 def test_remove_dropout():
     ir = capture_module(WithDropout())
     assert targets(ir).count("aten.dropout.default") == 2

@@ -8,6 +8,14 @@ alone and listed, while the MLP (gate/up rows, down columns) is pruned and
 ``intermediate_size`` follows. A pruned model's ``config.json`` always describes its weights
 (DistilBERT's own keys, a classifier's pooler width left whole): rebuilt from that config,
 ``transformers`` loads the pruned weights and computes what the pruned graph computes.
+
+DeBERTa-v2 fills masked attention scores with float32's lowest value, which fp16 cannot hold:
+``cast.fp16`` computes that ``masked_fill`` in float32 (never an overflow error, never a NaN
+downstream). It folds its heads into the batch axis for ``bmm``, so no attention op tags them:
+the head split of its projections still makes their minor factor a ``head_dim`` group, kept
+whole and listed, never an ``ffn`` group. ``criterion = "taylor"`` scores a ConvNeXt whose
+weights are constants of the graph (not parameters) through those constants, and falls back to
+``l2`` with a warning where the outputs have no gradient at all.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from torch import nn
 from fxopt.engine.errors import FxoptError
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import Recipe
+from fxopt.passes.cast import CastConfig, CastFP16
+from fxopt.passes.cast.rewrite import PRECISION_KEY
 from fxopt.passes.prune.config import PruneConfig
+from fxopt.passes.prune.graph import ChannelDependencies
 from fxopt.passes.prune.structured import StructuredPrune
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
@@ -35,6 +46,8 @@ from tests.passes.prune_models import (
     bert_classifier_ir,
     bert_classifier_model,
     bert_ir,
+    convnext_ir,
+    deberta_ir,
     decoder_ir,
     decoder_model,
     distilbert_ir,
@@ -42,7 +55,7 @@ from tests.passes.prune_models import (
     gpt2_ir,
     gpt2_lm_ir,
 )
-from tests.passes.quantize_support import Collecting, count_ops, make_ir
+from tests.passes.quantize_support import Collecting, batches, count_ops, make_ir
 
 DQ_WEIGHT = "quantized_decomposed.dequantize_per_channel"
 VOCAB = prune_models.FAMILY_VOCAB
@@ -68,8 +81,8 @@ def int8_context(tmp_path, calibration: list[dict]) -> PassContext:
     )
 
 
-def prune(ir, **config):
-    ctx = prune_models.context()
+def prune(ir, calibration: list | None = None, **config):
+    ctx = prune_models.context(calibration)
     return StructuredPrune(PruneConfig(**config)).run(ir, ctx), ctx.output.warnings
 
 
@@ -303,6 +316,134 @@ def test_a_width_config_json_has_no_key_for_fails_before_any_work():
     )
     assert "n_head, n_inner" in error.fix
     assert all(before[name] == shape for name, shape in shapes(ir).items())  # nothing sliced
+
+
+# -- DeBERTa-v2: masking constants in fp16, head_dim never an FFN group -----------------------
+
+
+@pytest.mark.parametrize("check_overflow", [False, True])
+def test_deberta_masking_constant_keeps_its_op_in_float32_under_fp16(check_overflow):
+    eager, ir = deberta_ir()
+    calibration = [{"x": ids(seed=i)} for i in range(2)]
+    config = CastConfig(check_overflow=check_overflow)
+    result = CastFP16(config).run(ir, prune_models.context(calibration))
+    metrics = result.metrics
+    fills = [n for n in result.ir.graph.nodes if n.target is torch.ops.aten.masked_fill.Scalar]
+    assert len(fills) == 2  # one per layer, filling with torch.finfo(torch.float32).min
+    assert metrics["fp32_out_of_range"] == [n.name for n in fills]
+    assert all(n.meta[PRECISION_KEY] == "fp32" for n in fills)
+    assert metrics["half_ops"] > 20  # the rest is fp16
+    if check_overflow:
+        assert metrics["moved_to_fp32"] == []
+    x = ids(seed=9)
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        (want,) = eager(x)
+    assert torch.isfinite(got).all()
+    assert cosine(got, want) > 0.999
+
+
+def test_deberta_head_dim_is_never_an_ffn_group_and_is_listed_left_alone():
+    eager, ir = deberta_ir()
+    kinds = {g.name: g.kind for g in ir.analysis(ChannelDependencies).groups}
+    attention = [f"m.encoder.layer.{i}.attention.self" for i in (0, 1)]
+    for name in attention:
+        # value's head_dim (value + output.dense), query's (query + key): 8 channels a head
+        assert kinds[f"{name}.value_proj"] == kinds[f"{name}.query_proj"] == "head_dim"
+        assert kinds[name] == "heads"
+    before = shapes(ir)
+    result, warnings = prune(ir, ffn=0.3, heads=0.25)
+    metrics = result.metrics
+    assert metrics["pruned"] == {"ffn": "2 groups: 64 -> 45"}
+    left = metrics["left_alone"]
+    head_dims = sorted(e.split(" ")[0] for e in left if "(head_dim)" in e)
+    assert head_dims == [f"{n}.{p}" for n in attention for p in ("query_proj", "value_proj")]
+    assert all(
+        "head_dim of a projection split into heads: kept whole, heads are pruned as units" in e
+        for e in left
+        if "(head_dim)" in e
+    )
+    heads = [e for e in left if "(heads)" in e]
+    assert len(heads) == 2 and all("no layer pruner for aten.repeat.default" in e for e in heads)
+    assert any("heads = 0.25 pruned nothing" in w for w in warnings)
+    after = shapes(ir)
+    for i in (0, 1):
+        layer = f"encoder.layer.{i}"
+        for proj in ("query_proj", "key_proj", "value_proj"):
+            assert after[f"{layer}.attention.self.{proj}.weight"] == (32, 32)
+        assert after[f"{layer}.attention.output.dense.weight"] == (32, 32)
+        assert after[f"{layer}.intermediate.dense.weight"] == (45, 32)
+        assert after[f"{layer}.output.dense.weight"] == (32, 45)
+        assert before[f"{layer}.intermediate.dense.weight"] == (64, 32)
+    config = result.ir.meta.config
+    assert (config["intermediate_size"], config["num_attention_heads"]) == (45, 4)
+    x = ids()
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
+    torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+
+
+# -- ConvNeXt and criterion = "taylor": weights that are not parameters ------------------------
+
+
+def as_constants(module: nn.Module) -> None:
+    """Every parameter of ``module`` made a plain buffer: the weights are constants of the
+    graph, as in a model exported with its weights frozen or folded."""
+    for name, param in list(module.named_parameters()):
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        del owner._parameters[attr]
+        owner.register_buffer(attr, param.detach().clone())
+
+
+def test_convnext_taylor_scores_weights_held_as_constants_through_them():
+    images = [
+        {"x": torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))}
+        for i in range(2)
+    ]
+    pruned = {}
+    for constants in (False, True):
+        _, ir = convnext_ir()
+        ir.meta.config = {}  # a .pt2: no config.json to keep in step
+        if constants:
+            as_constants(ir.module)
+            assert not list(ir.module.parameters())
+        result, warnings = prune(ir, images, ffn=0.5, criterion="taylor")
+        assert result.metrics["pruned"] == {"ffn": "2 groups: 64..128 -> 32..64"}
+        assert warnings == []
+        pruned[constants] = dict(result.ir.module.state_dict())
+    # the same Taylor scores, so the same channels kept, whether parameters or constants
+    assert pruned[True].keys() == pruned[False].keys()
+    for name, value in pruned[False].items():
+        torch.testing.assert_close(pruned[True][name], value)
+
+
+class ArgmaxHead(nn.Module):
+    """Class indices out: nothing the loss could differentiate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return (self.fc2(torch.relu(self.fc1(x))).argmax(-1),)
+
+
+def test_taylor_without_a_gradient_falls_back_to_l2_and_says_so():
+    result, warnings = prune(make_ir(ArgmaxHead()), batches(), ffn=0.5, criterion="taylor")
+    assert result.metrics["pruned"] == {"ffn": "1 groups: 16 -> 8"}
+    [warning] = warnings
+    assert warning == (
+        "prune.structured: criterion 'taylor' found no gradient for fc1: the outputs do not "
+        "depend on its weights through differentiable ops; scored by l2 magnitude instead"
+    )
+    assert result.metrics["warnings"] == warnings
+    l2, _ = prune(make_ir(ArgmaxHead()), ffn=0.5, criterion="l2")
+    for name, value in l2.ir.module.state_dict().items():
+        torch.testing.assert_close(result.ir.module.state_dict()[name], value)
 
 
 # -- from the command line ---------------------------------------------------------------------
