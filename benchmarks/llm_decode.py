@@ -156,7 +156,9 @@ def eager(model_dir: Path, dynamic_int8: bool):
     return ours(EagerRunner(wrapped, names), (kv, dim))
 
 
-def perplexity_of(session_path: Path, text: str, tokenizer, window: int = 128) -> float:
+def perplexity_of(
+    session_path: Path, text: str, tokenizer, cache: tuple[int, int], window: int = 128
+) -> float:
     """Perplexity of an ONNX decoder (ours or the model builder's) on ``text``, in
     non-overlapping windows from an empty cache."""
     import onnxruntime as ort
@@ -177,9 +179,8 @@ def perplexity_of(session_path: Path, text: str, tokenizer, window: int = 128) -
             feeds["position_ids"] = np.arange(chunk.shape[1], dtype=np.int64)[None]
         for name, value in inputs.items():
             if name.startswith("past_key_values."):
-                kv, dim = value.shape[1], value.shape[3]
                 dtype = np.float16 if "float16" in value.type else np.float32
-                feeds[name] = np.zeros((1, kv, 0, dim), dtype)
+                feeds[name] = np.zeros((1, *cache[:1], 0, cache[1]), dtype)
         logits = session.run(["logits"], feeds)[0][0, :-1].astype(np.float64)
         logits -= logits.max(axis=-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
@@ -255,7 +256,7 @@ def main() -> None:
         sessions = {n: o / "model.ort.onnx" for n, o in outs.items()}
         sessions["genai int4"] = genai / "model.onnx"
         for name, path in sessions.items():
-            rows[name]["perplexity"] = round(perplexity_of(path, text, tokenizer), 3)
+            rows[name]["perplexity"] = round(perplexity_of(path, text, tokenizer, (kv, dim)), 3)
     load_after = os.getloadavg()
     print(f"\n{args.model or args.shape}: prompt {len(prompt)} tokens, {args.new_tokens} new")
     print(f"{'runner':<20} {'prefill ms':>10} {'decode tok/s':>12} {'vs eager':>9} {'ppl':>8}")

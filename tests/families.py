@@ -26,6 +26,7 @@ from tests.passes.prune_models import (
     deberta_model,
     decoder_model,
     distilbert_model,
+    resnet_model,
 )
 
 #: what every BERT-like text family shares: 2 layers of width 32, 4 heads, FFN 64
@@ -119,19 +120,7 @@ FAMILIES = {
                 num_heads=4,
             ),
         ),
-        Family(
-            "resnet",
-            lambda: _transformers(
-                "ResNetConfig",
-                "ResNetModel",
-                embedding_size=16,
-                hidden_sizes=[16, 32],
-                depths=[1, 1],
-                layer_type="basic",
-            ),
-            image=True,
-            conv=True,
-        ),
+        Family("resnet", resnet_model, image=True, conv=True),
         Family("convnext", convnext_model, image=True, conv=True),
         Family("deberta-v2", deberta_model),
         # its trigram embedding pads a shifted copy of the tokens: torch.export proves the

@@ -102,7 +102,7 @@ def taylor(
             t.requires_grad_(flag)
     unreached = [g for g in groups if not {p.attr for p in g.slices} & reached]
     if unreached:
-        scores.update(magnitude(module, deps, unreached, 2, _float_tensors(module, unreached)))
+        scores.update(magnitude(module, deps, unreached, 2, _scored_tensors(module, unreached)))
     return scores, [g.name for g in unreached]
 
 

@@ -42,6 +42,13 @@ def k_blocks(K: int, block_size: int) -> int:
     return -(-K // block_size)
 
 
+def pad_to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``weight [N, K]`` with zero columns up to a whole number of blocks: MatMulNBits' last
+    block of a K that ``block_size`` does not divide is padded, and never read past K."""
+    pad = k_blocks(weight.shape[1], block_size) * block_size - weight.shape[1]
+    return torch.nn.functional.pad(weight, (0, pad)) if pad else weight
+
+
 def quantize_rtn(
     weight: torch.Tensor, bits: int, block_size: int, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,13 +180,13 @@ def dequantize_packed(
     block_size: int,
 ) -> torch.Tensor:
     """The float32 ``W [N, K]`` a MatMulNBits weight stands for."""
-    q = unpack_weight(packed, bits, K)
     blocks = k_blocks(K, block_size)
+    q = unpack_weight(packed, bits, blocks * block_size)  # the last block padded
     if zero_points is None:
         zero = torch.full(scales.shape, 2 ** (bits - 1), dtype=torch.uint8, device=q.device)
     else:
         zero = unpack_zero_points(zero_points, bits, blocks)
-    return dequantize_values(q, scales.reshape(-1, blocks), zero, block_size)
+    return dequantize_values(q, scales.reshape(-1, blocks), zero, block_size)[:, :K]
 
 
 # -- the op ---------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ Methods:
 Policy: embeddings are never quantized (they are gathers, not linears); ``lm_head`` stays
 float32 by default (``keep``; on a small model the head is a large share of the weights and
 of the error), or takes int8 (``int8``) or the pass's own ``bits`` (``same``). ``exclude``
-globs keep more linears in float. A block size that does not divide a layer's K is refused
-before any work, naming the layers and a block size (or exclude pattern) that fits; nothing
-is padded.
+globs keep more linears in float. A block size that does not divide a layer's K (a Llama
+MLP of 688 with blocks of 32) pads that layer's last block with zero columns, as
+MatMulNBits itself does: they are never read past K, and the report lists the layers
+(``padded_last_block``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -56,6 +56,7 @@ from .nbits import (
     dequantize_values,
     pack_weight,
     pack_zero_points,
+    pad_to_blocks,
     quantize_rtn,
 )
 from .sequential import run_sequential
@@ -162,7 +163,7 @@ class QuantizeWeightOnly(Pass):
             )
         gm = ir.module
         rewritten = matmuls_as_linears(gm)
-        plan = _plan(gm, config, ctx)  # refuses bad patterns and block sizes: no work yet
+        plan = _plan(gm, config, ctx)  # refuses bad patterns: no work yet
         for item in plan.unsupported:
             ctx.warn(f"{item['module']} stays in float: {item['reason']}")
         before = ir.byte_size()
@@ -174,7 +175,7 @@ class QuantizeWeightOnly(Pass):
         else:
             quantized = {
                 layer.node: quantize_rtn(
-                    attr_tensor(gm, layer.node.args[1]),
+                    pad_to_blocks(attr_tensor(gm, layer.node.args[1]), config.block_size),
                     layer.bits,
                     config.block_size,
                     config.symmetric,
@@ -209,6 +210,9 @@ class QuantizeWeightOnly(Pass):
         }
         if rewritten:
             metrics["linears_from_matmul"] = rewritten
+        if padded := {x.name: x.K for x in plan.layers if x.K % config.block_size}:
+            # MatMulNBits pads the last block of these (zeros past K, never read)
+            metrics["padded_last_block"] = padded
         return PassResult(ir, modified=True, preserved=set(), metrics=metrics)
 
 
@@ -262,7 +266,7 @@ def _tied(gm: GraphModule, node: Node) -> bool:
 
 def _plan(gm: GraphModule, config: WeightOnlyConfig, ctx: PassContext) -> _Plan:
     """The linears to quantize, and at which width; raises on a pattern that matches nothing,
-    a block size that does not divide a K, and a graph with nothing to quantize."""
+    and a graph with nothing to quantize."""
     label, index = ctx.recipe.label, ctx.index
     nodes = linear_nodes(gm)
     names = [_name(n) for n in nodes]
@@ -302,35 +306,9 @@ def _plan(gm: GraphModule, config: WeightOnlyConfig, ctx: PassContext) -> _Plan:
             continue
         N, K = attr_tensor(gm, node.args[1]).shape
         plan.layers.append(_Layer(node, name, int(N), int(K), bits))
-    _check_block_size(plan.layers, config, label, index)
     if not plan.layers:
         _refuse_nothing(plan, names, config, label, index)
     return plan
-
-
-def _check_block_size(
-    layers: Sequence[_Layer], config: WeightOnlyConfig, label: str, index: int
-) -> None:
-    bad = [layer for layer in layers if layer.K % config.block_size]
-    if not bad:
-        return
-    shown = ", ".join(f"{layer.name} (K = {layer.K})" for layer in bad[:6])
-    more = f", ... ({len(bad)} in all)" if len(bad) > 6 else ""
-    fits = [b for b in BLOCK_SIZES if all(layer.K % b == 0 for layer in layers)]
-    fixes = [f"block_size = {fits[-1]} divides every K"] if fits else []
-    fixes.append(
-        "or keep those layers in float: exclude = ["
-        + ", ".join(f'"{layer.name}"' for layer in bad[:3])
-        + (", ..." if len(bad) > 3 else "")
-        + "]"
-    )
-    raise RecipeError(
-        f"block_size {config.block_size} does not divide the input size K of {len(bad)} "
-        f"linear(s): {shown}{more}; blocks run along K and are not padded",
-        file=label,
-        field=f"passes[{index}].config.block_size",
-        fix="; ".join(fixes),
-    )
 
 
 def _refuse_nothing(
@@ -390,10 +368,14 @@ def _gptq(
             if not readers[source]:
                 del hessians[source]
             weight = attr_tensor(gm, node.args[1]).detach()
-            rtn = quantize_rtn(weight, layer.bits, config.block_size, config.symmetric)
+            # a K the block size does not divide: zero columns, which the Hessian never sees
+            padded = pad_to_blocks(weight, config.block_size)
+            extra = padded.shape[1] - layer.K
+            H = torch.nn.functional.pad(H, (0, extra, 0, extra)) if extra else H
+            rtn = quantize_rtn(padded, layer.bits, config.block_size, config.symmetric)
             try:
                 result = gptq_quantize(
-                    weight,
+                    padded,
                     H,
                     layer.bits,
                     config.block_size,
@@ -406,11 +388,12 @@ def _gptq(
                 ctx.warn(f"{layer.name}: {exc}; rounded to nearest instead")
                 result = rtn
             quantized[node] = result
-            dequantized = dequantize_values(result[0], result[1], result[2], config.block_size)
+            dequantized = dequantize_values(*result, config.block_size)
             errors[layer.name] = {
-                "gptq": reconstruction_error(weight, dequantized, H),
-                "rtn": reconstruction_error(weight, dequantize_values(*rtn, config.block_size), H),
+                "gptq": reconstruction_error(padded, dequantized, H),
+                "rtn": reconstruction_error(padded, dequantize_values(*rtn, config.block_size), H),
             }
+            dequantized = dequantized[:, : layer.K]
             advance(1)
             return dequantized.to(weight.dtype)
 

@@ -339,3 +339,20 @@ def convnext_model() -> nn.Module:
 
 def convnext_ir() -> tuple[nn.Module, ModelIR]:
     return _image_ir(convnext_model(), 32)
+
+
+def resnet_model() -> nn.Module:
+    """A seeded random ResNet (Hugging Face's): a 16-channel stem, two stages of one basic
+    block (16 and 32 channels), the residual adds written in place (``+=``). Its config.json
+    has no ``image_size``."""
+    from transformers import ResNetConfig, ResNetModel
+
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
+    )
+    return ResNetModel(config)
+
+
+def resnet_ir() -> tuple[nn.Module, ModelIR]:
+    return _image_ir(resnet_model(), 32)

@@ -13,7 +13,9 @@ DeBERTa-v2 fills masked attention scores with float32's lowest value, which fp16
 ``cast.fp16`` computes that ``masked_fill`` in float32 (never an overflow error, never a NaN
 downstream). It folds its heads into the batch axis for ``bmm``, so no attention op tags them:
 the head split of its projections still makes their minor factor a ``head_dim`` group, kept
-whole and listed, never an ``ffn`` group. ``criterion = "taylor"`` scores a ConvNeXt whose
+whole and listed, never an ``ffn`` group. A ResNet's conv channels are built from its
+config's widths, which cannot record pruned ones: left whole with a config, pruned without
+one (through its in-place residual adds). ``criterion = "taylor"`` scores a ConvNeXt whose
 weights are constants of the graph (not parameters) through those constants, and falls back to
 ``l2`` with a warning where the outputs have no gradient at all.
 """
@@ -54,6 +56,7 @@ from tests.passes.prune_models import (
     distilbert_model,
     gpt2_ir,
     gpt2_lm_ir,
+    resnet_ir,
 )
 from tests.passes.quantize_support import Collecting, batches, count_ops, make_ir
 
@@ -382,6 +385,37 @@ def test_deberta_head_dim_is_never_an_ffn_group_and_is_listed_left_alone():
     with torch.no_grad():
         again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
     torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
+
+
+# -- ResNet: conv channels config.json cannot record --------------------------------------------
+
+
+def test_resnet_conv_channels_stay_whole_for_config_json_and_prune_without_one():
+    """transformers builds a ResNet's convolutions from config.json's widths (hidden_sizes,
+    embedding_size), which no pruned size can be written to: with a config the conv groups
+    are left whole and the pass refuses before any work; exported as a .pt2 (no config), its
+    channels prune, through the residual adds it writes in place."""
+    _, ir = resnet_ir()
+    before = shapes(ir)
+    with pytest.raises(FxoptError) as info:
+        prune(ir, conv=0.5)
+    error = info.value
+    assert error.exit_code == 2 and error.field == "passes[0].config"
+    assert "conv = 0.5 pruned nothing: conv groups left alone" in error.message
+    assert "config.json has no key for conv channels" in error.message
+    assert "torch.export (a .pt2 file" in error.fix
+    assert shapes(ir) == before
+
+    eager, ir = resnet_ir()
+    ir.meta.config = {}
+    result, warnings = prune(ir, conv=0.5)
+    assert result.metrics["pruned"] == {"conv": "3 groups: 16..32 -> 8..16"}
+    assert result.metrics["left_alone"] == [] and warnings == []
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    (got,) = result.ir.run({"x": x})
+    with torch.no_grad():
+        (want,) = eager(x)
+    assert got.shape == want.shape == (2, 32, 4, 4) and torch.isfinite(got).all()
 
 
 # -- ConvNeXt and criterion = "taylor": weights that are not parameters ------------------------
