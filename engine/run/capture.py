@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import traceback
 
 import torch
@@ -87,7 +88,7 @@ def capture(
             loaded.module, args, dynamic_shapes=_for_signature(loaded.module, dynamic), strict=False
         )
     except Exception as exc:
-        raise CaptureError(_describe(exc), file=source, fix=DOCS_HINT) from None
+        raise _capture_error(exc, source, dims) from None
     module = program.module()
     _own_weights(module)
     placeholders = [n.name for n in module.graph.nodes if n.op == "placeholder"]
@@ -141,6 +142,33 @@ def _rename_placeholders(module: torch.fx.GraphModule, specs: list[InputSpec]) -
     for node, spec in zip(nodes, specs, strict=True):
         node.name = node.target = placeholder_name(spec.name)
     module.recompile()
+
+
+def _capture_error(exc: Exception, source: str, dims: dict[str, DimRange]) -> CaptureError:
+    """The exporter's failure as the user's to fix; when the model's code only works for part
+    of an axis's range, the error names that axis's recipe field and the range that works."""
+    text = str(exc)
+    violated = re.search(r"Constraints violated \((\w+)\)", text)
+    if violated and violated.group(1) in dims:
+        name = violated.group(1)
+        wanted = re.search(rf"{name} = Dim\('{name}'((?:, (?:min|max)=\d+)*)\)", text)
+        bounds = wanted.group(1).lstrip(", ").replace("=", " = ") if wanted else ""
+        now = f"now min = {dims[name].min}, max = {dims[name].max}"
+        if bounds:
+            return CaptureError(
+                f"{_describe(exc)}; the model's code works only for {name} with {bounds}",
+                file=source,
+                field=f"model.dims.{name}",
+                fix=f"set [model.dims.{name}] {bounds} ({now}); see docs/capture.md",
+            )
+        return CaptureError(
+            _describe(exc),
+            file=source,
+            field=f"model.dims.{name}",
+            fix=f"narrow [model.dims.{name}] ({now}) to the sizes the model's code takes "
+            "(the guard above); see docs/capture.md",
+        )
+    return CaptureError(_describe(exc), file=source, fix=DOCS_HINT)
 
 
 def _describe(exc: Exception) -> str:

@@ -194,7 +194,8 @@ def test_mobilebert_sequence_of_two_is_refused_at_capture(capsys, tmp_path, fami
         2,
         "torch.export could not capture the model",
         "Constraints violated (sequence)",
-        "fix: see docs/capture.md",
+        "model.dims.sequence",
+        "fix: narrow [model.dims.sequence] (now min = 2, max = 32)",
     )
     assert not out.exists()
 
