@@ -21,8 +21,11 @@ from .ir import ModelIR
 from .pass_base import Pass, PassContext, PassResult
 
 
-class PassFailure(RuntimeError):
-    """An internal error inside a pass, re-raised with the pass history (keeps traceback)."""
+class PassBug(RuntimeError):
+    """A bug inside a pass (any exception that is not an :class:`FxoptError`), re-raised with
+    the pass history and its traceback kept. A pass's user errors are
+    :class:`~fxopt.engine.errors.PassError` and the other ``FxoptError`` kinds: one line,
+    no traceback."""
 
 
 class PassManager:
@@ -53,7 +56,7 @@ class PassManager:
                 exc.args = (exc.render(),)
                 raise
             except Exception as exc:
-                raise PassFailure(
+                raise PassBug(
                     f"{self._where(pass_, records)}: {type(exc).__name__}: {exc}"
                 ) from exc
             record.seconds = time.perf_counter() - start

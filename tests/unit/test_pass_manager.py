@@ -10,7 +10,7 @@ from fxopt.engine.console import Output
 from fxopt.engine.errors import DataError
 from fxopt.engine.instruments import DumpIR, Numerics
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.pass_manager import PassFailure, PassManager
+from fxopt.engine.pass_manager import PassBug, PassManager
 from fxopt.engine.recipe import Recipe
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
@@ -90,7 +90,7 @@ def test_analyses_are_cached_and_dropped_unless_preserved():
 
 def test_internal_error_names_the_pass_and_history():
     ir = capture_module(WithDropout())
-    with pytest.raises(PassFailure) as info:
+    with pytest.raises(PassBug) as info:
         PassManager([RemoveDropout(), DeadCodeElimination(), Explode()]).run(ir, context())
     assert str(info.value) == (
         "pass 'test.explode' failed after [cleanup.dropout, cleanup.dce]: ZeroDivisionError: boom"
@@ -107,7 +107,7 @@ def test_user_error_keeps_its_class_and_gains_history():
 
 def test_a_pass_may_not_change_the_inputs():
     ir = capture_module(WithDropout())
-    with pytest.raises(PassFailure, match=r"changed the model inputs from \['x'\]"):
+    with pytest.raises(PassBug, match=r"changed the model inputs from \['x'\]"):
         PassManager([DropInput()]).run(ir, context())
 
 
