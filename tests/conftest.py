@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import shutil
 import textwrap
 from pathlib import Path
@@ -155,3 +156,20 @@ TINY_RECIPE = recipe_toml(tiny_recipe_dict(backend="{backend}"))
 @pytest.fixture
 def tiny_recipe(tmp_path) -> Path:
     return write_recipe(tmp_path, tiny_recipe_dict())
+
+
+def load_script(path: Path, name: str):
+    """A script of examples/ imported by path: tests use the very code users run."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """The machine is shared: one thread is faster than two fighting for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ shipped recipe documents), loaded by path so tests and users build the very same
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from fxopt.engine.run.bind import bind
 from fxopt.engine.run.state import RunState
 from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.data.sources import stdlib_sentences
-from tests.conftest import merged, write_recipe
+from tests.conftest import load_script, merged, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SCRIPT = ROOT / "examples" / "digits" / "digits_model.py"
@@ -29,19 +28,13 @@ DIGITS_SCRIPT = ROOT / "examples" / "digits" / "digits_model.py"
 
 @cache
 def digits_module():
-    spec = importlib.util.spec_from_file_location("fxopt_digits_example", DIGITS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DIGITS_SCRIPT, "fxopt_digits_example")
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one thread is faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):
+    """Every fine-tune test runs on one thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
