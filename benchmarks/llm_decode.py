@@ -41,6 +41,7 @@ import torch
 
 from fxopt.engine import optimize
 from fxopt.engine.console import Output
+from fxopt.engine.run_options import RunOptions
 from fxopt.engine.task import EagerRunner
 from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout
 from fxopt.plugins.huggingface.generation import Generator
@@ -90,7 +91,8 @@ def build_outputs(model: Path, work: Path) -> dict[str, Path]:
         recipe.write_text(recipe_toml({**RECIPE, "passes": passes}), encoding="utf-8")
         out = work / name.replace(" ", "-")
         start = time.perf_counter()
-        optimize(recipe, model, out, output=Output())
+        # the work directory is this script's own: its earlier outputs may be replaced
+        optimize(recipe, model, out, options=RunOptions(force=True), output=Output())
         print(f"built {name} in {time.perf_counter() - start:.0f} s", flush=True)
         outs[name] = out
     return outs
