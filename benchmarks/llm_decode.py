@@ -43,7 +43,7 @@ from fxopt.engine import optimize
 from fxopt.engine.console import Output
 from fxopt.engine.run_options import RunOptions
 from fxopt.engine.task import EagerRunner
-from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout
+from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout, cache_names
 from fxopt.plugins.huggingface.generation import Generator
 from fxopt.plugins.onnxruntime.backend import OrtRunner
 from fxopt.testing import recipe_toml
@@ -153,8 +153,7 @@ def eager(model_dir: Path, dynamic_int8: bool):
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
     layers, kv, dim = cache_layout(json.loads((model_dir / "config.json").read_text()))
     wrapped = CausalLMWithCache(model, layers).eval()
-    names = ["input_ids", "attention_mask", "position_ids"]
-    names += [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    names = ["input_ids", "attention_mask", "position_ids", *cache_names(layers)]
     return ours(EagerRunner(wrapped, names), (kv, dim))
 
 

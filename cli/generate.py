@@ -15,10 +15,9 @@ from fxopt.engine import library_log
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
 from fxopt.engine.plugin_host import load_plugins
+from fxopt.plugins.huggingface.generation import PAST, Generator
 
 from .outputs import load_output, read_report
-
-PAST = "past_key_values."
 
 
 def generate_text(
@@ -33,8 +32,6 @@ def generate_text(
     output: Output | None = None,
 ) -> dict[str, Any]:
     """Generate after ``prompt`` with the output's artifact; returns the text and timings."""
-    from fxopt.plugins.huggingface.generation import Generator
-
     output = output or Output(quiet=True)
     report = read_report(out_dir)
     cache = next((i for i in report.inputs if i.name.startswith(PAST)), None)
