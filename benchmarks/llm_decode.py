@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,12 +84,36 @@ INT4 = {
 }
 
 
+#: fxopt's artifacts compared here (and whose build memory ``llm_memory.py`` measures): name
+#: -> the recipe's passes
+VARIANTS: dict[str, list[dict]] = {"fxopt fp32": [], "fxopt int4": [INT4]}
+
+
+def shape_model(model: Path, shape: str) -> Path:
+    """The random-weight model of ``SHAPES[shape]`` at ``model``, written once and reused (a
+    1B shape takes a minute and 5 GB to write); written beside it and renamed into place, so
+    an interrupted write is never taken for a model."""
+    if not (model / "config.json").exists():
+        family, sizes = SHAPES[shape]
+        partial = model.with_name(model.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_causal_lm(partial, family, **sizes)
+        partial.rename(model)
+    return model
+
+
+def write_recipe(work: Path, name: str) -> Path:
+    """The recipe of the variant ``name`` (a key of ``VARIANTS``), written in ``work``."""
+    recipe = work / f"{name.split()[1]}.toml"
+    recipe.write_text(recipe_toml({**RECIPE, "passes": VARIANTS[name]}), encoding="utf-8")
+    return recipe
+
+
 def build_outputs(model: Path, work: Path) -> dict[str, Path]:
     """fxopt fp32 and int4 artifacts of ``model`` (the recipes are written next to them)."""
     outs = {}
-    for name, passes in (("fxopt fp32", []), ("fxopt int4", [INT4])):
-        recipe = work / f"{name.split()[1]}.toml"
-        recipe.write_text(recipe_toml({**RECIPE, "passes": passes}), encoding="utf-8")
+    for name in VARIANTS:
+        recipe = write_recipe(work, name)
         out = work / name.replace(" ", "-")
         start = time.perf_counter()
         # the work directory is this script's own: its earlier outputs may be replaced
@@ -204,12 +229,7 @@ def main() -> None:
     load_before = os.getloadavg()
     work = args.work or Path(tempfile.mkdtemp(prefix="llm-decode-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = work / "model"
-        if not (model / "config.json").exists():
-            family, sizes = SHAPES[args.shape]
-            save_causal_lm(model, family, **sizes)
+    model = args.model or shape_model(work / "model", args.shape)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)

@@ -9,6 +9,7 @@ when a pass does not declare them preserved.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class ModelMeta:
     source: str
     config: dict[str, Any] = field(default_factory=dict)
     loader: str = ""
+    #: inputs and outputs whose listed axes the model's own sizes decide (a KV cache's
+    #: key/value heads): a pass may change them with the model, see
+    #: :meth:`ModelIR.resize_inputs`
+    model_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +69,35 @@ class ModelIR:
         """The graph's placeholders: the input names as Python identifiers
         (``past_key_values.0.key`` is ``past_key_values_0_key`` in the graph)."""
         return [placeholder_name(name) for name in self.input_names]
+
+    def resize_inputs(self, sizes: dict[str, dict[int, int]]) -> None:
+        """Give inputs' model-sized axes new sizes (``{input: {axis: size}}``): the specs
+        lowering names and verification feeds, and the example inputs re-export traces with
+        (cut to the new size, which is never larger: their values never matter)."""
+        specs, examples = [], []
+        for spec, example in zip(self.inputs, self.example_inputs, strict=True):
+            new = sizes.get(spec.name, {})
+            if any(axis not in self.meta.model_axes.get(spec.name, ()) for axis in new):
+                raise ValueError(f"{spec.name}: only model-sized axes may change")
+            shape = list(spec.shape)
+            for axis, size in new.items():
+                shape[axis] = size
+                example = example.narrow(axis, 0, size).contiguous()  # only ever smaller
+            specs.append(dataclasses.replace(spec, shape=tuple(shape)))
+            examples.append(example)
+        self.inputs, self.example_inputs = specs, tuple(examples)
+
+    def graph_input_sizes(self) -> dict[str, dict[int, int]]:
+        """The sizes the graph's placeholders have on the model-sized axes (a graph read
+        back from the pass cache tells what a pass made of them)."""
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        out: dict[str, dict[int, int]] = {}
+        for spec, node in zip(self.inputs, placeholders, strict=True):
+            value = node.meta.get("val")
+            axes = self.meta.model_axes.get(spec.name, ())
+            if value is not None and axes:
+                out[spec.name] = {axis: int(value.shape[axis]) for axis in axes}
+        return out
 
     def analysis(self, kind: type[A]) -> Any:
         """The result of analysis ``kind`` on the current graph, computed once and cached."""

@@ -64,6 +64,8 @@ class LoadedModel:
     #: (tokenizer, config) into the output; ``graph_config`` is the config as the passes left
     #: it (pruning changes sizes), which the loader writes in its own format
     save_assets: Callable[[Path, dict[str, Any]], list[str]] | None = None
+    #: inputs and outputs whose listed axes the model's sizes decide (a KV cache's heads)
+    model_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 class Loader:

@@ -123,6 +123,12 @@ class Pass:
     #: True for passes that often find nothing to do (the cleanups); for the others the pass
     #: manager warns when a run of them changed nothing
     may_change_nothing: ClassVar[bool] = False
+    #: whether this pass may write into the storage of a weight of the IR (``p.data.mul_``,
+    #: an optimizer step). When no pass of a recipe may, the run's IR shares its weights with
+    #: the original model, the reference it is verified against (a model's weights held once,
+    #: not twice); otherwise the IR gets its own copy at capture. Passes that only replace
+    #: weights with new tensors, or rebind ``p.data``, set it to False.
+    edits_weights_in_place: ClassVar[bool] = True
 
     def __init__(self, config: PassConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -108,3 +108,28 @@ def export_dynamic_shapes(
 def example_sizes(dims: dict[str, DimRange]) -> dict[str, int]:
     """Sizes to trace with: the optimal size, but never 0 or 1, which export would specialize."""
     return {name: max(r.optimal, min(2, r.max)) for name, r in dims.items()}
+
+
+def conform(batch: dict[str, torch.Tensor], specs: list[InputSpec]) -> dict[str, torch.Tensor]:
+    """``batch`` fed to a graph whose inputs are ``specs``, where a pass changed the fixed
+    sizes of an input (pruned key/value heads change a language model's cache): an empty
+    input (text data's cache, the prompt pass) takes the graph's sizes; a filled one made
+    for a larger graph is cut to them (a synthetic cache keeps its first heads, random
+    values either way). Every other input is fed as it is."""
+    out = dict(batch)
+    for spec in specs:
+        tensor = batch.get(spec.name)
+        if tensor is None or tensor.dim() != len(spec.shape):
+            continue
+        fixed = {axis: size for axis, size in enumerate(spec.shape) if isinstance(size, int)}
+        if all(tensor.shape[axis] == size for axis, size in fixed.items()):
+            continue
+        if tensor.numel() == 0:
+            shape = [fixed.get(axis, n) for axis, n in enumerate(tensor.shape)]
+            out[spec.name] = tensor.new_zeros(shape)
+            continue
+        for axis, size in fixed.items():
+            if size < tensor.shape[axis]:
+                tensor = tensor.narrow(axis, 0, size)
+        out[spec.name] = tensor.contiguous()
+    return out

@@ -40,6 +40,9 @@ class Evidence:
     reference_runner: Runner
     candidate_runner: Runner
     settings: VerifySection
+    #: the batches as the candidate takes them (its own cache sizes, see
+    #: :func:`~fxopt.engine.specs.conform`); the reference's when unset
+    candidate_batches: list[Batch] | None = None
 
 
 class Task:
@@ -49,6 +52,9 @@ class Task:
     #: a classifier: ``top1_agreement`` of the first output's argmax is reported (and can be
     #: bounded by ``[verify] min_top1_agreement``)
     classifies: ClassVar[bool] = False
+    #: how many leading outputs are compared (``None``: all): state a model hands back to
+    #: itself (a language model's KV cache) is judged through what it produces instead
+    compared_outputs: ClassVar[int | None] = None
 
     def mask(self, batch: Batch) -> np.ndarray | None:
         """Which positions of a batch are real (not padding), for :meth:`vectors`."""

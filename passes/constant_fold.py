@@ -29,6 +29,7 @@ class Config(PassConfig):
 class ConstantFold(Pass):
     name = "cleanup.constant_fold"
     may_change_nothing = True
+    edits_weights_in_place = False  # folded values are new buffers
     Config = Config
 
     def run(self, ir, ctx) -> PassResult:

@@ -14,6 +14,7 @@ from fxopt.engine.pass_base import Pass, PassResult
 class DeadCodeElimination(Pass):
     name = "cleanup.dce"
     may_change_nothing = True
+    edits_weights_in_place = False  # graph edits only
 
     def run(self, ir, ctx) -> PassResult:
         before = len(ir.graph.nodes)

@@ -22,6 +22,7 @@ DROPOUT_OPS = {
 class RemoveDropout(Pass):
     name = "cleanup.dropout"
     may_change_nothing = True
+    edits_weights_in_place = False  # graph edits only
 
     def run(self, ir, ctx) -> PassResult:
         removed = 0

@@ -58,6 +58,7 @@ class CausalLM(Task):
 
     name = "causal-lm"
     classifies = True
+    compared_outputs = 1  # the logits; the cache is judged by generation agreement
 
     def judge(self, evidence: Evidence) -> dict[str, float]:
         reference = perplexity(evidence.batches, evidence.reference)
@@ -70,9 +71,9 @@ class CausalLM(Task):
         settings = evidence.settings
         prompts = _prompts(evidence.batches, settings.generation_prompts)
         if prompts and any(n.startswith(PAST) for n in evidence.candidate_runner.input_names):
-            cache = _cache_shape(evidence.batches[0])
-            ours = Generator(evidence.reference_runner, cache)
-            theirs = Generator(evidence.candidate_runner, cache)
+            candidate_batches = evidence.candidate_batches or evidence.batches
+            ours = Generator(evidence.reference_runner, _cache_shape(evidence.batches[0]))
+            theirs = Generator(evidence.candidate_runner, _cache_shape(candidate_batches[0]))
             agree = []
             for prompt in prompts:
                 want = ours.generate(prompt, settings.generation_tokens).tokens

@@ -53,22 +53,10 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 @cache
 def tokenizer(vocab: int = VOCAB):
     """A byte-level BPE of ``vocab`` tokens; ``<eos>`` (id 0) ends text and pads it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from fxopt.plugins.data.sources import stdlib_sentences
+    from fxopt.plugins.huggingface.builtin_lm import train_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(stdlib_sentences()[:2000], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    return train_tokenizer(stdlib_sentences()[:2000], vocab)
 
 
 def config(family: str, **sizes: Any):
@@ -103,3 +91,28 @@ def save_causal_lm(path: Path, family: str = "llama", seed: int = 0, **sizes: An
     model.save_pretrained(path, safe_serialization=True)
     tokenizer().save_pretrained(path)
     return path
+
+
+#: a recipe for the tiny models (``config``): prompts up to 48 tokens, a cache up to 64,
+#: verified on 8 ``stdlib-docstrings`` texts with the language-model metrics; tests lay
+#: their passes, target and budget over it
+RECIPE: dict[str, Any] = {
+    "schema_version": 1,
+    "model": {
+        "task": "causal-lm",
+        "dims": {
+            "sequence": {"min": 1, "opt": 32, "max": 48},
+            "past_sequence": {"min": 0, "opt": 32, "max": 64},
+        },
+    },
+    "data": {
+        "verification": {
+            "source": "stdlib-docstrings",
+            "samples": 8,
+            "batch_size": 4,
+            "sequence_length": 32,
+        }
+    },
+    "target": {"backend": "onnxruntime"},
+    "verify": {"generation_tokens": 8, "latency": False},
+}

@@ -73,6 +73,8 @@ class Family:
     conv: bool = False
     #: the shortest sequence the recipes declare
     sequence_min: int = 2
+    #: grouped-query attention (fewer key/value heads than query heads)
+    grouped_query: bool = False
 
 
 FAMILIES = {
@@ -92,8 +94,13 @@ FAMILIES = {
             ),
             image=True,
         ),
-        Family("llama", lambda: _causal(decoder_model("llama")), task="causal-lm"),
-        Family("qwen2", lambda: decoder_model("qwen2")),
+        Family(
+            "llama",
+            lambda: _causal(decoder_model("llama")),
+            task="causal-lm",
+            grouped_query=True,
+        ),
+        Family("qwen2", lambda: decoder_model("qwen2"), grouped_query=True),
         Family(
             "gpt2",
             lambda: _transformers(
@@ -177,6 +184,8 @@ def _passes(family: Family, kind: str) -> list[dict]:
         config = {"check_overflow": True, "overflow_batches": 2}
         return [cleanup[0], {"name": "cast.fp16", "config": config}, cleanup[1]]
     ratios = {"conv": 0.5} if family.conv else {"ffn": 0.3, "heads": 0.25}
+    if family.grouped_query:  # half the key/value groups, with their query heads
+        ratios = {"ffn": 0.3, "kv_heads": 0.5}
     prune = {"name": "prune.structured", "config": {**ratios, "criterion": "taylor"}}
     return [cleanup[0], prune, cleanup[1]]
 

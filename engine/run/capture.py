@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import re
 import traceback
+from collections.abc import Callable
 
 import torch
 
@@ -78,8 +79,15 @@ def capture(
     dims: dict[str, DimRange],
     *,
     source: str,
+    copy_weights: bool = True,
 ) -> ModelIR:
-    """Export ``loaded.module`` with dynamic axes and wrap the result as a :class:`ModelIR`."""
+    """Export ``loaded.module`` with dynamic axes and wrap the result as a :class:`ModelIR`.
+
+    With ``copy_weights`` the IR gets its own copy of the weights (:func:`_own_weights`), so
+    that nothing done to it reaches the eager model; without, it shares them
+    (:func:`_share_weights`): the run's choice when no pass of the recipe writes into weights
+    (see :func:`stage`).
+    """
     example = synthetic_inputs(specs, example_sizes(dims), torch.Generator().manual_seed(0))
     args = tuple(example[spec.name] for spec in specs)
     dynamic = export_dynamic_shapes(specs, dims)
@@ -90,7 +98,10 @@ def capture(
     except Exception as exc:
         raise _capture_error(exc, source, dims) from None
     module = program.module()
-    _own_weights(module)
+    if copy_weights:
+        _own_weights(module)
+    else:
+        _share_weights(module)
     placeholders = [n.name for n in module.graph.nodes if n.op == "placeholder"]
     if placeholders != [placeholder_name(s.name) for s in specs]:
         _rename_placeholders(module, specs)
@@ -100,27 +111,53 @@ def capture(
         example_inputs=args,
         dynamic_shapes=dynamic,
         output_names=list(loaded.output_names),
-        meta=ModelMeta(task=loaded.task, source=source, config=dict(loaded.config)),
+        meta=ModelMeta(
+            task=loaded.task,
+            source=source,
+            config=dict(loaded.config),
+            model_axes=dict(loaded.model_axes),
+        ),
     )
 
 
 def _own_weights(module: torch.nn.Module) -> None:
-    """Give the IR its own parameters and buffers (ties kept).
+    """Give the IR its own copy of every parameter and buffer (ties kept).
 
     ``ep.module()`` shares the very ``Parameter`` objects of the eager model, which is also the
     reference that distillation and verification compare against: a pass editing weights in
     place (pruning, fine-tuning) would otherwise edit the reference too.
     """
-    copies: dict[int, torch.Tensor] = {}
+    _rebind(module, lambda tensor: tensor.detach().clone())
+
+
+def _share_weights(module: torch.nn.Module) -> None:
+    """Give the IR ``Parameter`` objects of its own over the eager model's parameter storage
+    (no copy; ties kept), and its own copy of every buffer.
+
+    A pass may then rebind a weight (``param.data = ...``, a new tensor in its place) without
+    touching the eager model; only a write *into* a weight's storage would reach it, which is
+    why the run copies instead when a pass may do that (``Pass.edits_weights_in_place``).
+    Buffers are copied all the same: they are small, and a graph may write into a buffer when
+    it runs.
+    """
+    _rebind(module, lambda tensor: tensor.detach())
+
+
+def _rebind(module: torch.nn.Module, weight: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace each parameter of ``module`` by a new ``Parameter`` over ``weight(tensor)`` and
+    each buffer by its copy, once per tensor, so that tied weights stay tied."""
+    done: dict[int, torch.Tensor] = {}
     for kind, named in (("param", module.named_parameters), ("buffer", module.named_buffers)):
         for name, tensor in list(named(remove_duplicate=False)):
-            if id(tensor) not in copies:
-                clone = tensor.detach().clone()
+            if id(tensor) not in done:
                 if kind == "param":
-                    clone = torch.nn.Parameter(clone, requires_grad=tensor.requires_grad)
-                copies[id(tensor)] = clone
+                    done[id(tensor)] = torch.nn.Parameter(
+                        weight(tensor), requires_grad=tensor.requires_grad
+                    )
+                else:
+                    done[id(tensor)] = tensor.detach().clone()
             owner, _, attr = name.rpartition(".")
-            setattr(module.get_submodule(owner), attr, copies[id(tensor)])
+            setattr(module.get_submodule(owner), attr, done[id(tensor)])
 
 
 def _for_signature(module: torch.nn.Module, dynamic: tuple | None) -> tuple | None:
@@ -189,7 +226,15 @@ def _describe(exc: Exception) -> str:
 
 
 def stage(run: RunState) -> None:
-    """Stage ``capture``: the loaded model as the IR the passes rewrite."""
+    """Stage ``capture``: the loaded model as the IR the passes rewrite.
+
+    The IR shares the eager model's weights unless a pass of the recipe may write into them:
+    the eager model stays alive as the reference until verification, and a second copy of a
+    1B model's weights is 4.6 GiB more at the run's peak (benchmarks/llm_memory.py).
+    """
     loaded = run.loaded
+    copy = any(p.edits_weights_in_place for p in run.plan.passes)
     with run.output.stage("capturing with torch.export"):
-        run.ir = capture(loaded, loaded.inputs, loaded.dims, source=str(run.model_path))
+        run.ir = capture(
+            loaded, loaded.inputs, loaded.dims, source=str(run.model_path), copy_weights=copy
+        )

@@ -132,4 +132,5 @@ def _adopt(ir: ModelIR, module: torch.fx.GraphModule) -> None:
         node.name = node.target = name
     module.recompile()
     ir.module = module
+    ir.resize_inputs(ir.graph_input_sizes())  # a KV cache's heads, as a pass left them
     ir.invalidate()

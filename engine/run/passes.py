@@ -10,6 +10,7 @@ from ..instruments import DumpIR, Numerics
 from ..ir import ModelIR
 from ..pass_base import PassContext
 from ..pass_manager import PassManager
+from ..specs import conform
 from .state import RunState
 from .verify import compare
 
@@ -34,6 +35,7 @@ def context(run: RunState) -> PassContext:
     recipe, loaded = run.recipe, run.loaded
 
     def reference(feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        feeds = conform(feeds, loaded.inputs)  # the original cache sizes, if a pass changed them
         with torch.no_grad():
             out = loaded.module(*(feeds[s.name] for s in loaded.inputs))
         return list(out)
@@ -62,7 +64,7 @@ def evaluator(run: RunState, limit: int) -> Callable[[ModelIR], dict[str, float]
         taken += len(next(iter(batch.values())))
 
     def evaluate(ir: ModelIR) -> dict[str, float]:
-        got = [[t.float().numpy() for t in ir.run(b)] for b in batches]
+        got = [[t.float().numpy() for t in ir.run(conform(b, ir.inputs))] for b in batches]
         return compare(reference, got, [run.task.mask(b) for b in batches], run.task)
 
     return evaluate

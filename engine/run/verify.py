@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..recipe import VerifySection
+from ..specs import conform
 from ..task import Evidence, Task
 from ..timing import reference_vs_optimized
 from .reference import feeds, run_batches
@@ -40,6 +41,9 @@ def compare(
     """Metrics of ``candidate`` against ``reference``; both are per batch, per output
     (``task``: what to compare, the generic task's flattened outputs when ``None``)."""
     task = task or Task()
+    if task.compared_outputs is not None:
+        reference = [b[: task.compared_outputs] for b in reference]
+        candidate = [b[: task.compared_outputs] for b in candidate]
     ref = [
         np.concatenate([b[i] for b in reference]).astype(np.float64)
         for i in range(len(reference[0]))
@@ -109,7 +113,8 @@ def stage(run: RunState) -> None:
     """Stage ``verify``: the artifact's outputs against the reference, what the task judges
     beyond them (a language model's perplexity and generation), the budget, latency."""
     batches = run.splits["verification"]
-    candidate = run_batches(run.runner, batches, run.output, "artifact")
+    conformed = [conform(b, run.ir.inputs) for b in batches]
+    candidate = run_batches(run.runner, conformed, run.output, "artifact")
     run.metrics = compare(run.reference, candidate, run.masks(), run.task)
     if type(run.task).judge is not Task.judge:  # the task has metrics of its own
         evidence = Evidence(
@@ -119,6 +124,7 @@ def stage(run: RunState) -> None:
             run.task.reference_runner(run.loaded),
             run.runner,
             run.recipe.verify,
+            conformed,
         )
         with run.output.stage(f"judging the artifact as a {run.task.name} model"):
             run.metrics.update(run.task.judge(evidence))
@@ -133,7 +139,7 @@ def latency(run: RunState) -> dict[str, Any]:
     batch = run.splits["verification"][0]
     reference = run.task.reference_runner(run.loaded)
     ref_feeds = feeds(batch, reference.input_names)
-    got_feeds = feeds(batch, run.runner.input_names)
+    got_feeds = feeds(conform(batch, run.ir.inputs), run.runner.input_names)
     return {
         "shape": {k: list(v.shape) for k, v in batch.items() if k in got_feeds},
         **reference_vs_optimized(

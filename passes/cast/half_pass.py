@@ -84,6 +84,8 @@ class HalfPrecisionCast(Pass):
 
     Config = CastConfig
     dtype: ClassVar[torch.dtype]
+    #: half weights are new tensors (``p.data`` rebound), never written into
+    edits_weights_in_place = False
 
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         check_dtype_supported(self.dtype, ctx.recipe, self.name)

@@ -109,6 +109,13 @@ class FinetuneConfig(PassConfig):
         default="off", description="autocast: auto = bf16 on CPU, fp16 on CUDA"
     )
     device: Literal["auto", "cpu", "cuda"] = "cpu"
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="under torchrun: ddp = DistributedDataParallel (every process holds the "
+        "whole training state); fsdp = FSDP2 (torch.distributed.fsdp.fully_shard: trained "
+        "parameters, gradients and optimizer state sharded across the processes, for models "
+        "whose training state does not fit one process). Ignored in a single process",
+    )
     train_mode: bool = Field(
         default=True, description="dropout active while training (exported graphs bake it off)"
     )

@@ -1,13 +1,21 @@
 """Running the fine-tune under ``torchrun``: process group, sharding, rank-0-only writes.
 
-``torchrun --nproc-per-node N optimize recipe.toml`` starts N copies of the whole run; each
-sets ``RANK``/``WORLD_SIZE``. Every rank loads the same model and data; the fine-tune pass
-joins a process group (gloo on CPU, NCCL on CUDA), wraps the graph in
+``torchrun --nproc-per-node N --no-python optimize recipe.toml`` starts N copies of the whole
+run; each sets ``RANK``/``WORLD_SIZE``. Every rank loads the same model and data; the fine-tune
+pass joins a process group (gloo on CPU, NCCL on CUDA), wraps the graph in
 ``DistributedDataParallel`` and trains on its shard of every global batch. Shards are cut by a
 :class:`~torch.utils.data.DistributedSampler` with one seed, so with a global batch ``B`` rank
 ``r`` gets the positions ``r, r+N, ...`` of exactly the samples a single process would have
 used in that step, and the all-reduced gradient (a mean of equal-sized shard means) is the
 single-process gradient: the same recipe gives the same model, up to float summation order.
+
+With ``parallel = "fsdp"`` the graph is sharded with FSDP2 instead (:mod:`.sharding`): each
+rank keeps a slice of every trained weight, of its gradient and of its AdamW state, gathers
+the weights for each forward and backward, and reduce-scatters the gradients. The data
+shards are the same, and the reduce-scatter averages over the ranks just as the all-reduce
+does (each rank only keeps its slice of the mean), so the gradient is again the
+single-process one; clipping takes the norm over all slices, and AdamW acts element by
+element, so updating slices updates the whole weights as one process would.
 """
 
 from __future__ import annotations

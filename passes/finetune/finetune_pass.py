@@ -18,6 +18,7 @@ import torch
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassContext, PassResult
+from fxopt.engine.specs import conform
 
 from . import checkpoint, lengths
 from .config import FinetuneConfig
@@ -27,6 +28,7 @@ from .hidden import HiddenStates, matched_modules
 from .modes import GraphMode, move_graph, only_trainable, used_parameters, without_frozen
 from .objectives import Objective, check_labels, make_objective
 from .qat import QuantAware
+from .sharding import check_fsdp, uses_fsdp
 from .sites import Site, site_in
 from .trainer import Batch, Hooks, TrainData, Trainer
 
@@ -36,7 +38,7 @@ TEACHER_CACHE_BYTES = 1 << 30
 
 
 class Finetune(Pass):
-    """Fine-tune the graph: task loss or distillation, adversarial training, AMP, DDP."""
+    """Fine-tune the graph: task loss or distillation, adversarial training, AMP, DDP/FSDP."""
 
     name = "finetune"
     Config = FinetuneConfig
@@ -50,8 +52,15 @@ class Finetune(Pass):
         world = current_world()
         device = _device(config, world, file, where)
         amp = _amp(config, device, file, where)
-        batches = ctx.required_batches("finetune", self.name)
-        objective = make_objective(config.objective, ir.meta.task, config.distill)
+        # the graph's own input sizes (a pruned KV cache); the teacher gets the original's
+        batches = [conform(b, ir.inputs) for b in ctx.required_batches("finetune", self.name)]
+        task = host.tasks.get(ir.meta.task) if ir.meta.task in host.tasks else None
+        objective = make_objective(
+            config.objective,
+            ir.meta.task,
+            config.distill,
+            outputs=task.compared_outputs if task is not None else None,
+        )
         check_labels(objective, batches, file=file)
         attack = None
         if config.adversarial.method != "none":
@@ -68,7 +77,11 @@ class Finetune(Pass):
 
         started = time.perf_counter()
         metrics: dict[str, Any] = {"objective": config.objective, "world_size": world.size}
-        eval_batches = _limit(ctx.batches("verification"), config.eval_samples)
+        if world.distributed:
+            metrics["parallel"] = config.parallel
+        eval_batches = [
+            conform(b, ir.inputs) for b in _limit(ctx.batches("verification"), config.eval_samples)
+        ]
         robust = config.eval_robust if config.eval_robust is not None else attack is not None
         target = config.adversarial.target if attack is not None or robust else None
         with ExitStack() as stack:
@@ -89,6 +102,9 @@ class Finetune(Pass):
             parameters = without_frozen(
                 used_parameters(ir.module), config.freeze, file=file, field=f"{where}.freeze"
             )
+            if uses_fsdp(config, world):
+                resume = getattr(ctx, "resume", None)
+                check_fsdp(config, parameters, resume, file=file, where=where)
             stack.enter_context(only_trainable(ir.module, set(parameters)))
             mode = GraphMode(
                 ir.module, dropout=config.train_mode, batchnorm=config.batchnorm == "train"

@@ -57,12 +57,23 @@ def _pooled(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target KL, scaled by T^2 so its gradient keeps its size."""
+def kl_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton et al.'s soft-target KL, scaled by T^2 so its gradient keeps its size: the
+    mean over samples, or, for token logits with a mask, over the real tokens (a language
+    model learns each next-token distribution; padding teaches nothing)."""
     vocab = student.shape[-1]
     s = F.log_softmax(student.float().reshape(-1, vocab) / temperature, dim=-1)
     t = F.log_softmax(teacher.float().reshape(-1, vocab) / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+    if mask is None:
+        return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+    per_token = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
+    weights = mask.reshape(-1).to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp_min(1.0) * temperature**2
 
 
 def mse_loss(
@@ -103,6 +114,9 @@ class Objective:
     task: str
     weights: dict[str, float]
     temperature: float = 2.0
+    #: how many leading outputs are distilled (the task's ``compared_outputs``: a language
+    #: model's logits, not the KV cache it returns, whose heads pruning may change)
+    outputs: int | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -119,7 +133,7 @@ class Objective:
         assert teacher is not None
         w = self.weights
         total = torch.zeros((), device=outputs[0].device)
-        for student, target in zip(outputs, teacher, strict=False):
+        for student, target in zip(outputs[: self.outputs], teacher[: self.outputs], strict=False):
             if student.shape != target.shape:
                 raise RecipeError(
                     f"the model's output shape {tuple(student.shape)} differs from the original "
@@ -129,7 +143,7 @@ class Objective:
                 )
             mask = _mask(batch, student)
             if w["kl"]:
-                total = total + w["kl"] * kl_loss(student, target, self.temperature)
+                total = total + w["kl"] * kl_loss(student, target, self.temperature, mask)
             if w["mse"]:
                 total = total + w["mse"] * mse_loss(student, target, mask)
             if w["cosine"]:
@@ -139,9 +153,11 @@ class Objective:
         return total
 
 
-def make_objective(kind: str, task: str, config: DistillConfig) -> Objective:
+def make_objective(
+    kind: str, task: str, config: DistillConfig, *, outputs: int | None = None
+) -> Objective:
     weights = distill_weights(task, config) if kind == "distill" else {}
-    return Objective(kind, task, weights, config.temperature)
+    return Objective(kind, task, weights, config.temperature, outputs)
 
 
 def check_labels(objective: Objective, batches: list[Batch], *, file: str) -> None:

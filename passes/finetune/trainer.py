@@ -3,7 +3,7 @@
 One :class:`Trainer` runs one fine-tune. Everything that varies between steps derives from
 the seed and the step number (data order, attack random starts, dropout masks), so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would have, and rank
-``r`` of a DDP run draws what it would draw whatever happened before.
+``r`` of a DDP or FSDP run draws what it would draw whatever happened before.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .hidden import HiddenStates
 from .modes import GraphMode
 from .objectives import Objective
 from .schedule import scheduler, warmup_steps
+from .sharding import Sharded, shard, uses_fsdp
 from .sites import Site
 
 Batch = dict[str, torch.Tensor]
@@ -114,6 +115,11 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.data.size / self.global_batch)
         config = self.config
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
+        self.sharded: Sharded | None = None
+        if uses_fsdp(config, self.world):
+            # before the optimizer: it must own the shards, not the whole parameters
+            self.sharded = shard(self.module, self.parameters, self.device, self.world.size)
+            self.parameters = self.sharded.parameters()
         decay = [p for p in self.parameters.values() if p.dim() >= 2]
         no_decay = [p for p in self.parameters.values() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -134,10 +140,7 @@ class Trainer:
         )
         fp16 = self.amp == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
-        self.model: torch.nn.Module = self.module
-        if self.world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
+        self.model, self.local_model = self._wrapped()
         self.step = 0
         self.early = EarlyState()
         self.losses: list[float] = []
@@ -145,6 +148,18 @@ class Trainer:
         self._orders: dict[int, list[int]] = {}
         self.sample_lengths = self.data.sample_lengths() if config.group_by_length else None
         self.data.trim = self.sample_lengths is not None
+
+    def _wrapped(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The model training steps run, and the one for forwards whose gradients are not
+        all-reduced (an attack's gradient in its input, evaluation): the bare graph under DDP,
+        whose forward would arm an all-reduce that never comes; the FSDP root under FSDP,
+        as only its forward gathers the sharded weights."""
+        if self.sharded is not None:
+            return self.sharded.root, self.sharded.root
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(self.module, device_ids=ids), self.module
+        return self.module, self.module
 
     # -- forward / backward -------------------------------------------------------------
 
@@ -159,7 +174,7 @@ class Trainer:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
     def eval_forward(self, args: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        return self.forward(self.module, args)
+        return self.forward(self.local_model, args)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -190,7 +205,11 @@ class Trainer:
                         break
             finally:
                 self.mode.set(False)
-                self.model = self.module  # release the DDP wrapper before the group goes
+                # release the DDP / FSDP wrapper before the group goes
+                self.model = self.local_model = self.module
+        if self.sharded is not None:  # not after a failure: the other ranks may be elsewhere
+            self.parameters = self.sharded.release()
+            self.sharded = None
         if self.checkpoint_dir is not None and self.config.checkpoint_every:
             self.save()
 
@@ -226,7 +245,7 @@ class Trainer:
                 return clean_weight * loss_at(self.model, None) + (1 - clean_weight) * adversarial
 
             problem = AttackProblem(
-                loss=lambda delta: loss_at(self.module, delta),
+                loss=lambda delta: loss_at(self.local_model, delta),
                 shape=self.site.shape(batch),
                 config=config.adversarial,
                 attack=self.attack.name,

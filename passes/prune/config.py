@@ -7,6 +7,7 @@ Example::
     [passes.config]
     ffn = 0.3                 # remove 30% of the FFN neurons of every layer
     heads = 0.25              # and 25% of the attention heads
+    kv_heads = 0.5            # grouped-query attention: half the key/value groups
     criterion = "taylor"      # l1 | l2 | taylor (needs [data.calibration])
     reconstruct = true        # least-squares refit of the layers reading pruned channels
     round_to = 8              # kept channels a multiple of 8
@@ -24,6 +25,9 @@ from fxopt.engine.pass_base import PassConfig
 from .group import KINDS
 
 _RATIO = "share of the units removed from every {} group, in (0, 1)"
+#: kinds `ratio` does not imply: a hidden width changes normalization statistics, and a
+#: key/value head takes a whole group of query heads with it
+EXPLICIT_ONLY = ("hidden", "kv_heads")
 
 
 class PruneConfig(PassConfig):
@@ -37,6 +41,14 @@ class PruneConfig(PassConfig):
     ffn: float | None = Field(default=None, gt=0, lt=1, description=_RATIO.format("FFN-neuron"))
     heads: float | None = Field(
         default=None, gt=0, lt=1, description=_RATIO.format("attention-head")
+    )
+    kv_heads: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="grouped-query attention: share of the key/value heads removed, each "
+        "with the query heads that share it (whole groups; `heads` removes query heads "
+        "evenly within every group); never implied by `ratio`",
     )
     conv: float | None = Field(default=None, gt=0, lt=1, description=_RATIO.format("conv-channel"))
     hidden: float | None = Field(
@@ -84,7 +96,7 @@ class PruneConfig(PassConfig):
         out = {}
         for kind in KINDS:
             value = getattr(self, kind)
-            if value is None and kind != "hidden":
+            if value is None and kind not in EXPLICIT_ONLY:
                 value = self.ratio
             if value is not None:
                 out[kind] = value

@@ -2,8 +2,10 @@
 
 Walks the live part of the graph (what the outputs depend on), asks each node's layer pruner
 how its axes are coupled, and solves the relations into index spaces and groups. Model inputs
-and outputs keep their sizes; an op no pruner knows makes every concrete axis it touches
-unsafe, so the groups through it are left alone and reported rather than pruned on a guess.
+and outputs keep their sizes, except axes the model's own sizes decide (a KV cache's heads,
+``ModelMeta.model_axes``), which follow the channels they carry. An op no pruner knows makes
+every concrete axis it touches unsafe, so the groups through it are left alone and reported
+rather than pruned on a guess.
 
     >>> deps = ir.analysis(ChannelDependencies)          # doctest: +SKIP
     >>> [(g.kind, g.name, g.size) for g in deps.prunable]  # doctest: +SKIP
@@ -54,17 +56,32 @@ class DependencyGraph:
         raise KeyError(name)
 
 
-def build_dependency_graph(module: fx.GraphModule, table: PrunerTable) -> DependencyGraph:
-    """Analyse ``module``'s graph with the layer pruners in ``table``."""
+def build_dependency_graph(
+    module: fx.GraphModule,
+    table: PrunerTable,
+    model_axes: tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]] = ({}, {}),
+) -> DependencyGraph:
+    """Analyse ``module``'s graph with the layer pruners in ``table``.
+
+    ``model_axes``: by position, the axes of inputs and of outputs that the model's own
+    sizes decide (a KV cache's key/value heads), which follow the channels they index
+    instead of keeping their size.
+    """
     dims = DimRecorder(module)
+    free_inputs, free_outputs = model_axes
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     for node in live_nodes(module.graph):
         if node.op == "placeholder":
+            free = free_inputs.get(placeholders.index(node), ())
             for dim in dims.axes(node):
-                dims.fixed(dim, "model input")
+                if dim.axis not in free:
+                    dims.fixed(dim, "model input")
         elif node.op == "output":
-            for value in _flatten(node.args):
+            for position, value in enumerate(_flatten(node.args)):
+                free = free_outputs.get(position, ())
                 for dim in dims.axes(value):
-                    dims.fixed(dim, "model output")
+                    if dim.axis not in free:
+                        dims.fixed(dim, "model output")
         elif node.op == "get_attr":
             dims.axes(node)
         elif node.op == "call_function":
@@ -123,8 +140,17 @@ class ChannelDependencies(Analysis):
     table: ClassVar[PrunerTable | None] = None
 
     def compute(self, ir) -> DependencyGraph:
+        axes = ir.meta.model_axes
+        model_axes = tuple(
+            {i: axes[name] for i, name in enumerate(names) if name in axes}
+            for names in (ir.input_names, ir.output_names)
+        )
         with torch.no_grad():
-            return build_dependency_graph(ir.module, self.table or installed_pruners())
+            return build_dependency_graph(
+                ir.module,
+                self.table or installed_pruners(),
+                model_axes,  # type: ignore[arg-type]
+            )
 
     @classmethod
     def using(cls, table: PrunerTable | None) -> type[ChannelDependencies]:

@@ -7,8 +7,9 @@ and the output projection's columns, in units of ``head_dim``), a conv's channel
 BatchNorm after it and every conv a residual add ties to them, or a transformer's hidden
 width (embeddings, every LayerNorm, every residual write).
 
-Its kind decides which ratio applies: ``heads``, ``ffn``, ``conv``, ``hidden`` (a width that
-a LayerNorm or an embedding spans); ``head_dim`` and ``other`` groups are never pruned.
+Its kind decides which ratio applies: ``heads``, ``kv_heads``, ``ffn``, ``conv``, ``hidden``
+(a width that a LayerNorm or an embedding spans); ``head_dim`` and ``other`` groups are never
+pruned.
 
 A Linear's output viewed as ``[heads, head_dim]`` is a head split even where no attention op
 the analysis knows tags the heads (DeBERTa folds them into the batch axis for its ``bmm``):
@@ -19,9 +20,11 @@ group.
 Grouped-query attention (Llama, Qwen2, Mistral: fewer key/value heads than query heads, each
 shared by a group of query heads) shows up as attention heads that are a *product* of two
 spaces: the key/value heads and the query heads per key/value head (``repeat_kv``'s expand
-and reshape). Both are ``heads`` groups, and neither is pruned: removing a key/value head
-removes its whole query group, and removing query heads must take the same ones from every
-group; the pass is not GQA-aware yet, so they are left alone with that reason.
+and reshape). The key/value heads are a ``kv_heads`` group: removing one removes its whole
+query group with it (K and V rows, the group's Q rows, the output projection's columns). The
+query heads per key/value head are a ``heads`` group: removing one takes the same query head
+from every group, so the groups stay equal, as the attention requires. Each group knows its
+*partner* (the other factor), since the model's attention heads are their product.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .dims import Dim
+from .dims import UNSAFE, Dim
 from .spaces import Spaces
 
-KINDS = ("ffn", "heads", "conv", "hidden")
+KINDS = ("ffn", "heads", "kv_heads", "conv", "hidden")
+#: kinds whose unit is a head (``head_dim`` channels)
+HEAD_KINDS = ("heads", "kv_heads")
 #: why the head_dim of a head split no attention op tags is left whole
 HEAD_DIM_OF_SPLIT = (
     "head_dim of a projection split into heads: kept whole, heads are pruned as units"
@@ -62,6 +67,9 @@ class Group:
     producers: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     unsafe: list[str] = field(default_factory=list)
+    #: grouped-query attention: the id of the other factor of the attention heads (the
+    #: query heads per key/value head for a ``kv_heads`` group, and the reverse)
+    partner: int | None = None
 
     @property
     def prunable(self) -> bool:
@@ -97,6 +105,7 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
     split_dims -= head_dims
     head_dims |= split_dims
     grouped = _grouped_query(spaces, head_dims)
+    partners = {a: b for pair in grouped.values() for a, b in (pair, pair[::-1])}
     groups = []
     for space in spaces:
         if space.definition is not None or not space.concrete or space.size <= 1:
@@ -117,20 +126,20 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
             kind = "heads"
         if space.id in split_dims:
             fixed = [*fixed, HEAD_DIM_OF_SPLIT]
-        unsafe = space.unsafe_reasons
-        if space.id in grouped:
-            kind, unsafe = "heads", sorted({*unsafe, grouped[space.id]})
+        if space.id in partners:
+            kind = "kv_heads" if grouped.get(space.id, (None,))[0] == space.id else "heads"
         groups.append(
             Group(
                 id=space.id,
                 name=_name(kind, producers, slices),
                 kind=kind,
                 size=int(space.size),
-                unit=spaces.unit_width(space.id) if kind == "heads" else 1,
+                unit=spaces.unit_width(space.id) if kind in HEAD_KINDS else 1,
                 slices=slices,
                 producers=producers,
                 fixed=fixed,
-                unsafe=unsafe,
+                unsafe=space.unsafe_reasons,
+                partner=partners.get(space.id),
             )
         )
     order = {d.attr: i for i, d in reversed(list(enumerate(spaces.of_dim))) if d.attr}
@@ -172,21 +181,25 @@ def _head_splits(spaces: Spaces) -> tuple[set[int], set[int]]:
     return heads - dims, dims
 
 
-def _grouped_query(spaces: Spaces, head_dims: set[int]) -> dict[int, str]:
-    """Base spaces that attention heads are made of (grouped-query attention), with the
-    reason they are left alone."""
-    found: dict[int, str] = {}
+def _grouped_query(spaces: Spaces, head_dims: set[int]) -> dict[int, tuple[int, int]]:
+    """Grouped-query attention: each base space of ``(key/value heads, query heads per
+    key/value head)`` whose product is a space of attention heads, mapped to that pair."""
+    found: dict[int, tuple[int, int]] = {}
     for space in spaces:
         if "heads" not in space.tags or not space.definition or space.definition[0] != "product":
             continue
-        sizes = [spaces[p].size for p in space.definition[1]]
-        if len(sizes) == 2:
-            what = f"{space.size} query heads share {sizes[0]} key/value heads"
-        else:
-            what = f"{space.size} attention heads made of {' x '.join(map(str, sizes))}"
-        reason = f"grouped-query attention: {what}; pruning it is not supported yet"
-        for base in spaces.bases(space.id) - head_dims:
-            found.setdefault(base, reason)
+        parts = [p for p in space.definition[1] if p not in head_dims]
+        if len(parts) == 2 and all(spaces[p].definition is None for p in parts):
+            pair = (parts[0], parts[1])
+            found.setdefault(parts[0], pair)
+            found.setdefault(parts[1], pair)
+        else:  # heads made of three factors or more: no model known to fxopt does this
+            reason = (
+                f"{space.size} attention heads made of "
+                f"{' x '.join(str(spaces[p].size) for p in space.definition[1])}"
+            )
+            for base in spaces.bases(space.id) - head_dims:
+                spaces[base].reasons.add((UNSAFE, reason))
     return found
 
 
@@ -203,7 +216,7 @@ def _kind(own: set[str], related: set[str]) -> str:
 
 
 def _name(kind: str, producers: list[str], slices: list[Slice]) -> str:
-    if kind == "heads" and len(producers) > 1:
+    if kind in HEAD_KINDS and len(producers) > 1:
         prefix = _common_module(producers)
         if prefix:
             return prefix

@@ -6,6 +6,9 @@ Heads and FFN widths go under whichever key the config already uses (``num_atten
 they differ. With heads removed, ``hidden_size / num_attention_heads`` no longer gives the
 head size, so ``head_dim`` is written too; a multi-head model that names its key/value heads
 (``num_key_value_heads`` equal to the heads, as Llama writes it) gets those updated with them.
+Under grouped-query attention the model's heads are the key/value heads times the query heads
+per key/value head, two groups each pruned on its own: ``num_attention_heads`` is their
+product, ``num_key_value_heads`` the first (:func:`head_counts`).
 
 A config that does not describe the weights next to it is a broken output, so the pass asks
 first (:func:`unexpressed`) which groups the config *cannot* describe, and leaves those whole:
@@ -27,12 +30,13 @@ from .group import Group
 
 KEYS = {
     "heads": ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads", "n_heads"),
+    "kv_heads": ("num_key_value_heads",),
     "ffn": ("intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "d_ff", "hidden_dim"),
     "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
 }
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "n_layers")
 #: kinds a config holds once per layer (one number, or a list with one entry per layer)
-LAYERED = ("heads", "ffn")
+LAYERED = ("heads", "kv_heads", "ffn")
 #: key/value heads, updated with the heads when they equal them (multi-head attention)
 KV_KEYS = ("num_key_value_heads",)
 #: why a Hugging Face model's conv groups stay whole
@@ -67,6 +71,7 @@ def unexpressed(
         reason = f"config.json has no key for {kind} channels; {UNDESCRIBED_CONV}"
         out.update({g.id: reason for g in groups if g.kind == kind and g.prunable})
     layers = layer_count(config)
+    by_id = {g.id: g for g in groups}
     for kind in (k for k in LAYERED if k in kinds):
         members = [g for g in groups if g.kind == kind and g.prunable]
         key = config_key(config, kind)
@@ -89,7 +94,7 @@ def unexpressed(
                     f"{per_layer[index]} {kind} groups in layer {index}, and config.json "
                     f"holds one {key} per layer"
                 )
-            elif isinstance(value, int) and value != group.size:
+            elif isinstance(value, int) and value != head_counts(group, by_id, {})[0]:
                 reason = (
                     f"config.json has no key for this width ({key} is {value} in layer "
                     f"{index}, this group has {group.size})"
@@ -118,6 +123,7 @@ def config_sizes(
         for g in groups
         if not g.fixed and g.kind not in LAYERED
     ]
+    by_id = {g.id: g for g in groups}
     layers = layer_count(config)
     for kind in LAYERED:
         described = [g for g in groups if g.kind == kind and g.prunable and g.id not in left_whole]
@@ -125,18 +131,32 @@ def config_sizes(
             continue
         key = config_key(config, kind)
         indices = [layer_index(g) for g in described]
+        counts = [head_counts(g, by_id, kept) for g in described]
         if key is None or layers is None or any(i is None or i >= layers for i in indices):
-            out += [(kind, g.size, kept.get(g.id, g.size), g.unit) for g in described]
+            out += [(kind, *count, g.unit) for g, count in zip(described, counts, strict=True)]
             continue
-        fallback = described[0].size
+        fallback = counts[0][0]
         before = [_at(config[key], i) for i in range(layers)]
         before = [b if isinstance(b, int) else fallback for b in before]
         after = list(before)
-        for group, index in zip(described, indices, strict=True):
-            after[index] = kept.get(group.id, group.size)  # type: ignore[index]
+        for (_, count), index in zip(counts, indices, strict=True):
+            after[index] = count  # type: ignore[index]
         unit = described[0].unit
         out += [(kind, b, a, unit) for b, a in zip(before, after, strict=True)]
     return out
+
+
+def head_counts(
+    group: Group, by_id: Mapping[int, Group], kept: Mapping[int, int]
+) -> tuple[int, int]:
+    """``(before, after)`` of the size ``config.json`` records for ``group``: its own unit
+    count, except the query heads of grouped-query attention, which the config counts over
+    every key/value head (the product with the partner group, each as kept)."""
+    own = kept.get(group.id, group.size)
+    if group.kind != "heads" or group.partner not in by_id:
+        return group.size, own
+    partner = by_id[group.partner]
+    return group.size * partner.size, own * kept.get(partner.id, partner.size)
 
 
 def updated_config(

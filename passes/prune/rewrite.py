@@ -4,7 +4,8 @@ Every parameter (and buffer: BatchNorm running statistics) sliced along a space 
 is replaced by a new tensor holding only the kept indices; tied parameters stay tied. Every
 size constant the layer pruners recorded (view and expand shapes, ``normalized_shape``, a
 split's sizes, a depthwise conv's groups) gets its new value. The graph is then exported again
-with the recipe's dynamic axes: that re-derives every node's shape metadata for later passes
+with the recipe's dynamic axes (inputs whose model-sized axes shrank, a KV cache's heads, traced at
+their new sizes): that re-derives every node's shape metadata for later passes
 and proves the pruned graph valid for every batch and sequence size the recipe allows
 (an export that had to specialize a dynamic axis fails).
 """
@@ -16,7 +17,8 @@ from torch import fx
 
 from fxopt.engine.ir import ModelIR
 
-from .graph import DependencyGraph
+from .dims import Dim
+from .graph import GUARD_MODULES, DependencyGraph
 
 
 def prune_in_place(module: fx.GraphModule, deps: DependencyGraph, keep: dict) -> None:
@@ -56,8 +58,29 @@ def prune_in_place(module: fx.GraphModule, deps: DependencyGraph, keep: dict) ->
     module.recompile()
 
 
+def model_input_sizes(ir: ModelIR, deps: DependencyGraph, keep: dict) -> dict[str, dict[int, int]]:
+    """The new sizes of the inputs' model-sized axes (a KV cache's heads), from the channels
+    each axis indexes; re-export then traces inputs of those sizes."""
+    out: dict[str, dict[int, int]] = {}
+    for name, placeholder in zip(ir.input_names, ir.placeholder_names, strict=True):
+        for axis in ir.meta.model_axes.get(name, ()):
+            space_id = deps.spaces.of_dim.get(Dim(placeholder, axis))
+            kept = None if space_id is None else deps.spaces.keep(space_id, keep)
+            if kept is not None:
+                out.setdefault(name, {})[axis] = len(kept)
+    return out
+
+
 def reexport(ir: ModelIR) -> fx.GraphModule:
-    """Export the rewritten module again with the IR's dynamic shapes."""
+    """Export the rewritten module again with the IR's dynamic shapes.
+
+    The input checks the previous export left (``_guards_fn``) go first: they hold the old
+    sizes of the inputs that shrank, and the new export writes its own."""
+    guards = [n for n in ir.graph.nodes if n.op == "call_module" and n.target in GUARD_MODULES]
+    for node in guards:
+        ir.graph.erase_node(node)
+    if guards:
+        ir.module.recompile()
     program = torch.export.export(
         ir.module, ir.example_inputs, dynamic_shapes=ir.dynamic_shapes, strict=False
     )

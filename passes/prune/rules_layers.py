@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from .dims import DimRecorder, arg, arg_path
+from .dims import Dim, DimRecorder, arg, arg_path
 from .pruners import LayerPruner
 
 HEAD_DIM = "head_dim is kept whole: heads are pruned as units"
@@ -204,8 +204,11 @@ class ScaledDotProductAttention(LayerPruner):
     """``scaled_dot_product_attention(q, k, v, mask)`` over ``(..., heads, seq, head_dim)``.
 
     Heads of q, k, v and the output are one axis; head_dim stays whole (the default scale is
-    ``1/sqrt(head_dim)``, and heads are the unit worth removing). Grouped-query attention
-    (fewer k/v heads, ``enable_gqa``) is left alone, as ``heads`` groups that say why.
+    ``1/sqrt(head_dim)``, and heads are the unit worth removing). In its grouped-query form
+    (``enable_gqa``: k and v have fewer heads, each shared by a run of consecutive q heads)
+    the q heads are the product of the k/v heads and a per-group axis no tensor has, recorded
+    as a virtual axis of the node (``owner`` ``<node>:per_kv_head``), so pruning either
+    factor keeps the groups equal.
     """
 
     def relate(self, node: fx.Node, dims: DimRecorder) -> None:
@@ -217,11 +220,7 @@ class ScaledDotProductAttention(LayerPruner):
             return
         heads = [dims.axis(t, -3) for t in (q, k, v, node)]
         if node.kwargs.get("enable_gqa") or len({dims.size(h) for h in heads}) != 1:
-            # the GQA form of SDPA: k, v have fewer heads, each shared by a group of q's
-            what = f"{dims.size(heads[0])} query heads share {dims.size(heads[1])} key/value heads"
-            for h in heads:
-                dims.unsafe(h, f"grouped-query attention: {what}; pruning it is not supported yet")
-                dims.tag(h, "heads")
+            self._grouped(node, dims, *heads)
         else:
             dims.same(*heads)
             dims.tag(heads[0], "heads")
@@ -237,6 +236,21 @@ class ScaledDotProductAttention(LayerPruner):
             dims.fixed(dim, HEAD_DIM)
         if mask is not None:
             self._mask(node, dims, mask, q, k)
+
+    @staticmethod
+    def _grouped(node: fx.Node, dims: DimRecorder, q, k, v, out) -> None:
+        """q heads = k/v heads x query heads per k/v head (``repeat_interleave`` order)."""
+        dims.same(q, out)
+        dims.same(k, v)
+        queries, keys = dims.size(q), dims.size(k)
+        if not (isinstance(queries, int) and isinstance(keys, int)) or queries % keys:
+            for h in (q, k, v, out):
+                dims.unsafe(h, f"grouped-query attention of {queries} query, {keys} k/v heads")
+            return
+        per = Dim(f"{node.name}:per_kv_head", 0)
+        dims.relations.sizes.setdefault(per, queries // keys)
+        dims.product(q, (k, per))
+        dims.tag(q, "heads")
 
     @staticmethod
     def _mask(node, dims, mask, q, k) -> None:

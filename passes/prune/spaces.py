@@ -151,9 +151,11 @@ class Spaces:
         for space in self.spaces.values():
             if space.definition and space.definition[0] == "product":
                 parts = space.definition[1]
-                if base_id in parts:
-                    minor = parts[parts.index(base_id) + 1 :]
-                    sizes = [self.spaces[p].size for p in minor]
+                # the part that is, or is made of, ``base_id`` (grouped-query heads are a
+                # product of two bases, and the Q projection's rows a product of those heads)
+                at = next((i for i, p in enumerate(parts) if base_id in self.bases(p)), None)
+                if at is not None:
+                    sizes = [self.spaces[p].size for p in parts[at + 1 :]]
                     if all(isinstance(s, int) for s in sizes):
                         width = max(width, int(np.prod(sizes)) if sizes else 1)
         return width

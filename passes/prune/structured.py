@@ -1,5 +1,8 @@
 """``prune.structured``: remove whole FFN neurons, attention heads and conv channels.
 
+Grouped-query attention is pruned as it is built: ``kv_heads`` removes whole key/value heads
+with the query heads that share them, ``heads`` the same query heads from every group.
+
 Steps: drop dead code and unused parameters (a dead consumer would still run with the old
 sizes), analyse channel dependencies (:class:`~.graph.ChannelDependencies`), leave out the
 groups that ``ignore`` names, score units (:mod:`.importance`), choose what each group keeps
@@ -40,7 +43,7 @@ from .hf_config import (
 )
 from .importance import magnitude, removal_energy, taylor
 from .pruners import PrunerTable
-from .rewrite import prune_in_place, reexport
+from .rewrite import model_input_sizes, prune_in_place, reexport
 from .selection import Decision, select
 
 #: how many candidate names an error about ``ignore`` lists
@@ -96,6 +99,7 @@ class StructuredPrune(Pass):
             refit = self._reconstruction(ir, deps, keep, ctx)
         prune_in_place(ir.module, deps, keep)
         reconstruct.assign(ir.module, refit)
+        ir.resize_inputs(model_input_sizes(ir, deps, keep))
         ir.module = reexport(ir)
         ir.meta.config = new_config
         metrics = {
@@ -210,7 +214,7 @@ def _left_alone(
     out = []
     for group in deps.groups:
         if group.kind == "head_dim" and HEAD_DIM_OF_SPLIT in group.fixed:
-            if {"ffn", "heads"} & set(ratios):  # the width an ffn or heads ratio might expect
+            if {"ffn", "heads", "kv_heads"} & set(ratios):  # a width these might expect
                 out.append((group, HEAD_DIM_OF_SPLIT))
             continue
         if group.kind not in ratios:
@@ -253,12 +257,7 @@ def _idle_kinds(
 def _refuse_nothing(idle: list[str], left_alone: list[tuple[Group, str]], ctx) -> None:
     """A run that asked for pruning and would ship the model unchanged is an error."""
     reasons = " ".join(r for _, r in left_alone)
-    if "grouped-query attention" in reasons:
-        fix = (
-            "heads of grouped-query attention are not pruned yet: set `ffn` to prune the MLP "
-            "(gate/up/down), or drop this pass"
-        )
-    elif UNDESCRIBED_CONV in reasons:
+    if UNDESCRIBED_CONV in reasons:
         fix = (
             "a Hugging Face model's conv channels cannot be recorded in its config.json: "
             "export the model with torch.export (a .pt2 file, no config.json to keep in step) "

@@ -21,10 +21,13 @@ symmetric takes the value of largest magnitude ``v`` of a block and ``scale = v 
 
 ``fxopt::matmul_nbits(x, packed_weight, scales, zero_points, bias, K, N, bits, block_size,
 accuracy_level)`` is the op the ``quantize.weight_only`` pass writes into the graph. Its CPU
-(and any-device) kernel unpacks, dequantizes and runs ``linear``: correct, not fast (the
-weight is dequantized on every call; torchao's weight-only int4/int8 kernels are the fast
-path for the torch backend and are not wired here). Its fake kernel lets ``torch.export``
-re-export the graph, and :mod:`.nbits_onnx` translates it to ``MatMulNBits``.
+(and any-device) kernel here unpacks, dequantizes and runs ``linear`` in float32: the
+reference, correct and slow (the weight is dequantized on every call). Its fake kernel lets
+``torch.export`` re-export the graph, and :mod:`.nbits_onnx` translates it to
+``MatMulNBits``. The torch backend saves the op as it is and, when it loads a ``.pt2`` on a
+CPU with AVX2/AVX512, rewrites each 4-bit one once to torch's int4 kernel
+(``fxopt::matmul_int4pack``, ``aten._weight_int4pack_mm_for_cpu``, computed in bfloat16: see
+:mod:`.nbits_torch`); 8-bit blocks have no such kernel in torch and keep this one.
 ``accuracy_level`` is ONNX Runtime's attribute of that name, carried for the lowering: 0
 computes in float32 (what the kernel here computes), 4 lets ONNX Runtime quantize the
 activations to int8 blocks at run time (faster on CPU, not bit-identical).
@@ -49,6 +52,11 @@ def pad_to_blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.nn.functional.pad(weight, (0, pad)) if pad else weight
 
 
+#: weights rounded at a time by :func:`quantize_rtn`: its float temporaries are several times
+#: the rows they round, so a whole LM head (128k x 2048) at once would hold GBs of them
+ROUND_ELEMENTS = 2**24
+
+
 def quantize_rtn(
     weight: torch.Tensor, bits: int, block_size: int, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +64,19 @@ def quantize_rtn(
 
     Returns ``(q, scales, zero_points)``: q uint8 ``[N, K]`` in ``[0, 2^bits)``, scales
     float32 ``[N, k_blocks]``, zero points uint8 ``[N, k_blocks]`` (``2^(bits-1)`` when
-    symmetric)."""
+    symmetric). Rows are rounded ``ROUND_ELEMENTS`` weights at a time (each row's blocks are
+    its own: the same numbers as all at once)."""
+    rows = max(1, ROUND_ELEMENTS // max(1, weight.shape[1]))
+    parts = [_round_rows(chunk, bits, block_size, symmetric) for chunk in weight.split(rows)]
+    if len(parts) == 1:
+        return parts[0]
+    q, scales, zero_points = (torch.cat(column) for column in zip(*parts, strict=True))
+    return q, scales, zero_points
+
+
+def _round_rows(
+    weight: torch.Tensor, bits: int, block_size: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     scales, zero_points = block_params(weight, bits, block_size, symmetric)
     return quantize_with(weight, scales, zero_points, bits, block_size), scales, zero_points
 

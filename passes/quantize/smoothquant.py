@@ -38,6 +38,7 @@ MIN_SCALE = 1e-5
 class SmoothQuant(Pass):
     name = "quantize.smoothquant"
     Config = SmoothQuantConfig
+    edits_weights_in_place = False  # scaled weights are new tensors
     needs_data = ("calibration",)
 
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:

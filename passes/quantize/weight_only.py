@@ -7,9 +7,11 @@ first becomes the linear it is, as for ``quantize.int8``) is replaced by
 (asymmetric) packed zero points, block-wise along the input dimension K: the graph states
 exactly what it computes, its byte size drops, and the IR, run eagerly, gives the quantized
 numbers. ONNX Runtime lowers the op to its ``com.microsoft::MatMulNBits`` contrib op
-(:mod:`.nbits_onnx`, the same constants); the torch backend runs the op's own kernel
-(dequantize, then ``linear``: correct, not fast; torchao's weight-only int4/int8 kernels
-are the faster path there and are not wired in).
+(:mod:`.nbits_onnx`, the same constants); the torch backend, on an x86 CPU with AVX2 or
+AVX-512, rewrites 4-bit layers at load into torch's int4 kernel (:mod:`.nbits_torch`: the
+packed layout depends on the CPU, so it is made where the artifact runs) and runs the rest
+with the op's own kernel (dequantize, then ``linear``: correct, not fast; int8 blocks have
+no torch kernel that fits them).
 
 Methods:
 
@@ -145,6 +147,8 @@ class QuantizeWeightOnly(Pass):
 
     name = "quantize.weight_only"
     Config = WeightOnlyConfig
+    #: packed weights are new constants; GPTQ updates a copy of each weight
+    edits_weights_in_place = False
 
     @property
     def needs_data(self) -> tuple[str, ...]:
@@ -169,22 +173,15 @@ class QuantizeWeightOnly(Pass):
         before = ir.byte_size()
         started = time.perf_counter()
         metrics: dict[str, Any] = {}
+        quantized = {}
         if config.method == "gptq":
             inputs = calibration_inputs(ir, batches, config.trim_padding)
             quantized, metrics["gptq"] = _gptq(gm, ir, plan, config, inputs, ctx)
-        else:
-            quantized = {
-                layer.node: quantize_rtn(
-                    pad_to_blocks(attr_tensor(gm, layer.node.args[1]), config.block_size),
-                    layer.bits,
-                    config.block_size,
-                    config.symmetric,
-                )
-                for layer in plan.layers
-            }
         float_bytes = packed_bytes = 0
         for layer in plan.layers:
-            q, scales, zero_points = quantized[layer.node]
+            # round to nearest layer by layer, each packed before the next: the unpacked
+            # values of every layer at once would weigh a quarter of the float model
+            q, scales, zero_points = quantized.pop(layer.node, None) or _rtn(gm, layer, config)
             float_bytes += layer.N * layer.K * 4
             packed_bytes += _rewrite(gm, layer, q, scales, zero_points, config)
         drop_unused_tensors(gm)
@@ -434,6 +431,14 @@ def _hessian(xs: list[torch.Tensor], masks: list | None, features: int) -> Hessi
 
 
 # -- the rewrite -------------------------------------------------------------------------------
+
+
+def _rtn(
+    gm: GraphModule, layer: _Layer, config: WeightOnlyConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``layer``'s weight rounded to nearest (its last block padded to ``block_size``)."""
+    weight = pad_to_blocks(attr_tensor(gm, layer.node.args[1]), config.block_size)
+    return quantize_rtn(weight, layer.bits, config.block_size, config.symmetric)
 
 
 def _rewrite(

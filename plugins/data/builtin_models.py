@@ -22,6 +22,7 @@ Both take ``x`` float32 [batch, 1, 8, 8] (pixels in [0, 1], batch 1 to 512) and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ TRAIN = 1280
 #: ``recipes/digits-cnn-prune.toml``; the held-out rest (633) verifies
 RESNET_TRAIN = 64 + 1100
 MAX_BATCH = 512
+#: the language model of :mod:`fxopt.plugins.huggingface.builtin_lm`
+LANGUAGE_MODEL = "stdlib-lm"
 
 
 class SmallCNN(nn.Module):
@@ -216,25 +219,28 @@ class _Logits(nn.Module):
 
 
 class BuiltinLoader(Loader):
-    """Models fxopt trains itself: ``path = "builtin:<name>"`` (digits-cnn, digits-resnet).
+    """Models fxopt trains itself: ``path = "builtin:<name>"`` (digits-cnn, digits-resnet,
+    stdlib-lm).
 
     It claims every ``builtin:`` spec file, so a name it does not know gets an error listing
     the ones it does (a plugin building other ``builtin:`` models is chosen with
     ``[model] loader``)."""
 
     name = "builtin"
-    builtin_models = tuple(BUILTIN_MODELS)
+    builtin_models = (*BUILTIN_MODELS, LANGUAGE_MODEL)
 
     def can_load(self, path: Path) -> bool:
         return path.name.endswith(BUILTIN_SUFFIX) and builtin_name(path) is not None
 
     def load(self, path: Path, options: LoadOptions) -> LoadedModel:
         name = builtin_name(path)
+        if name == LANGUAGE_MODEL:
+            return _language_model(path, options)
         if name not in BUILTIN_MODELS:
             raise ModelError(
                 f"no built-in model {name!r}",
                 field="model.path",
-                fix=f"use one of: {', '.join(f'builtin:{n}' for n in BUILTIN_MODELS)}",
+                fix=f"use one of: {', '.join(f'builtin:{n}' for n in self.builtin_models)}",
             )
         try:
             model = build_model(name)
@@ -253,6 +259,17 @@ class BuiltinLoader(Loader):
             output_names=["logits"],
             files=[path],
         )
+
+
+def _language_model(path: Path, options: LoadOptions) -> LoadedModel:
+    """``builtin:stdlib-lm``, trained once per process and loaded as the Hugging Face model
+    directory it is saved as (:mod:`fxopt.plugins.huggingface.builtin_lm`)."""
+    from fxopt.plugins.huggingface import builtin_lm
+    from fxopt.plugins.huggingface.loader import HuggingFaceLoader
+
+    options = dataclasses.replace(options, task=options.task or "causal-lm")
+    loaded = HuggingFaceLoader().load(builtin_lm.model_dir(), options)
+    return dataclasses.replace(loaded, files=[path])
 
 
 @hookimpl

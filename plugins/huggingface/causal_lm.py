@@ -98,6 +98,15 @@ def propose(config: dict[str, Any], config_file: Path) -> tuple[list[InputSpec],
     return inputs, dims, ["logits", *cache_names(layers, "present")]
 
 
+def model_axes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The cache's key/value heads and head_dim, in and out: sized by the model, so pruning
+    key/value heads shrinks them with the model (the past's inputs and the present's
+    outputs), where every other input and output axis keeps its size."""
+    layers = cache_layout(config)[0]
+    names = cache_names(layers) + cache_names(layers, "present")
+    return {name: (1, 3) for name in names}
+
+
 class CausalLMWithCache(nn.Module):
     """``forward(input_ids, attention_mask, position_ids, *past)`` → ``(logits, *present)``."""
 

@@ -108,6 +108,7 @@ class HuggingFaceLoader(Loader):
             config=config,
             tokenize=tokenize,
             save_assets=lambda out, graph_config: _copy_assets(path, out, config, graph_config),
+            model_axes=causal_lm.model_axes(config) if task == "causal-lm" else {},
         )
 
 

@@ -64,9 +64,24 @@ def export_onnx(ir: ModelIR, path: Path, *, opset: int | None = None) -> list[st
             fix="run with --dump-ir to see the graph; an op without an ONNX translation "
             "needs a pass that rewrites it",
         ) from None
-    model = onnx_program.model_proto
+    return _save_program(onnx_program, ir, path)
+
+
+def _save_program(onnx_program: torch.onnx.ONNXProgram, ir: ModelIR, path: Path) -> list[str]:
+    """Write the exporter's model at ``path``, its weights streamed to ``path.data`` one at a
+    time from the tensors it holds (``model_proto`` would first copy every weight into one
+    protobuf in memory: as much again as the model), then name its dynamic axes in the
+    graph, which is small once the weights are outside it."""
+    path = Path(path).resolve()
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx_program.save(path, external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
     _name_dynamic_axes(model, ir)
-    return save_onnx(model, path)
+    onnx.save_model(model, str(path))
+    if data.exists() and not data.stat().st_size:
+        data.unlink()  # every tensor small enough to stay in the graph
+    return [path.name, data.name] if data.exists() else [path.name]
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[str]:

@@ -5,9 +5,11 @@ with weight freezing, which is what lets oneDNN's int8 kernels take over quantiz
 x86; see :mod:`.int8` for what a Q/DQ graph gets first). A quantized graph is compiled with
 static shapes, once per input shape, starting at load time with the captured example shape.
 ``model.onnx`` is written too unless ``onnx = false``, as the portable interchange file.
-A ``quantize.weight_only`` graph runs its ``fxopt::matmul_nbits`` op's own kernel (unpack,
-dequantize, ``linear``: correct, not fast; torchao's weight-only int4/int8 kernels would be
-the faster path and are not wired in).
+A ``quantize.weight_only`` graph is saved with its portable ``fxopt::matmul_nbits`` op; on
+the CPU, loading rewrites each 4-bit one once to torch's int4 kernel (``fxopt::matmul_int4pack``,
+weights packed for the CPU that loads it, computed in bfloat16: see
+:mod:`fxopt.passes.quantize.nbits_torch`). 8-bit blocks, other devices and CPUs without AVX2
+run the op's own kernel (unpack, dequantize, ``linear``: correct, not fast).
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class TorchBackend(Backend):
         if self.options.device != "cpu":
             program = on_device(program, self.options.device)
         module = program.module()
+        if self.options.device == "cpu":
+            # packed here, not in the .pt2: torch's int4 layout depends on the CPU's ISA
+            from fxopt.passes.quantize.nbits_torch import use_int4_kernel
+
+            use_int4_kernel(module)
         if quantized and self.options.compile and self.options.device == "cpu":
             activations_to_uint8(module)
         runner = TorchRunner(module, self.options, names=artifact.info["inputs"], static=quantized)

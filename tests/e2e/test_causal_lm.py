@@ -20,35 +20,20 @@ from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.plugins.huggingface.generation import Generator
 from fxopt.testing.language_models import FAMILIES, save_causal_lm, tokenizer
+from fxopt.testing.language_models import RECIPE as TINY
 from tests.cli import assert_clean_failure, run_cli
-from tests.conftest import write_recipe
+from tests.conftest import merged, write_recipe
 
-RECIPE = {
-    "schema_version": 1,
-    "model": {
-        "task": "causal-lm",
-        "dims": {
-            "sequence": {"min": 1, "opt": 32, "max": 48},
-            "past_sequence": {"min": 0, "opt": 32, "max": 64},
-        },
-    },
-    "data": {
-        "verification": {
-            "source": "stdlib-docstrings",
-            "samples": 8,
-            "batch_size": 4,
-            "sequence_length": 32,
+RECIPE = merged(
+    TINY,
+    {
+        "verify": {
+            "min_cosine": 0.9999,
+            "max_perplexity_increase": 0.001,
+            "min_generation_agreement": 1.0,
         }
     },
-    "target": {"backend": "onnxruntime"},
-    "verify": {
-        "min_cosine": 0.9999,
-        "max_perplexity_increase": 0.001,
-        "min_generation_agreement": 1.0,
-        "generation_tokens": 8,
-        "latency": False,
-    },
-}
+)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +193,100 @@ def test_every_supported_family_is_captured_with_its_cache(family, capsys, tmp_p
     metrics = json.loads(result.out)["verify"]["metrics"]
     assert metrics["generation_agreement"] == 1.0
     assert abs(metrics["perplexity_increase"]) < 1e-5
+
+
+def test_pruned_grouped_query_attention_shrinks_the_cache_and_reloads_in_transformers(
+    tmp_path, monkeypatch
+):
+    """Whole key/value groups and query heads within them go, the MLP too: the artifact
+    takes and returns a cache of the surviving key/value heads, config.json describes the
+    weights (transformers builds the pruned model from it and generates the artifact's
+    tokens), and a rerun resumed from the pass cache has the same inputs."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fxopt.engine.run import pass_cache
+
+    monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache the pruned graph
+    model = save_causal_lm(tmp_path / "model", "llama")
+    prune = {"name": "prune.structured", "config": {"kv_heads": 0.5, "heads": 0.5, "ffn": 0.25}}
+    recipe = merged(
+        RECIPE,
+        {
+            "passes": [prune, {"name": "cleanup.dce"}],
+            "target": {"backend": "torch"},
+            "verify": {"min_cosine": 0.5, "max_perplexity_increase": 5.0},
+        },
+    )
+    recipe["verify"].pop("min_generation_agreement")
+    out = tmp_path / "out"
+    cache = ["--cache-dir", str(tmp_path / "cache"), "-q"]
+    from fxopt.cli import main
+
+    assert main([str(write_recipe(tmp_path, recipe)), str(model), "-o", str(out), *cache]) == 0
+    report = json.loads((out / "report.json").read_text())
+    record = report["passes"][0]
+    assert record["metrics"]["pruned"] == {
+        "kv_heads": "2 groups: 2 -> 1",
+        "heads": "2 groups: 2 -> 1",
+        "ffn": "2 groups: 128 -> 96",
+    }
+    assert 0.0 <= report["verify"]["metrics"]["generation_agreement"] <= 1.0
+    config = AutoConfig.from_pretrained(out)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (1, 1)
+    assert (config.head_dim, config.intermediate_size) == (16, 96)
+    shapes = {spec["name"]: spec["shape"] for spec in report["inputs"]}
+    assert shapes["past_key_values.1.key"] == ["batch", 1, "past_sequence", 16]
+
+    loaded = load_output(out, load_plugins(), Output(quiet=True))
+    prompt = tokenizer()("def read(path):")["input_ids"]
+    ours = Generator(loaded.runner, (1, 16)).generate(prompt, 10).tokens
+    weights = torch.export.load(str(out / "model.pt2")).module().state_dict()
+    pruned = AutoModelForCausalLM.from_config(config).eval()
+    pruned.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()}, strict=False)
+    with torch.no_grad():
+        theirs = pruned.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None
+        )[0, len(prompt) :].tolist()
+    assert ours == theirs
+
+    # the last pass dropped: a new build, whose pruned graph comes back from the pass cache
+    recipe["passes"] = [prune]
+    again = tmp_path / "again"
+    assert main([str(write_recipe(tmp_path, recipe)), str(model), "-o", str(again), *cache]) == 0
+    resumed = json.loads((again / "report.json").read_text())
+    assert resumed["passes"][0]["metrics"]["cached"] is True
+    assert resumed["inputs"] == report["inputs"]
+
+
+def test_distillation_recovers_a_pruned_language_model_through_its_logits(tmp_path):
+    """Token-level KL on the logits alone (the cache the pruned model returns has fewer
+    heads than the original's, and is not a target): the student moves toward the teacher
+    on held-out verification text."""
+    model = save_causal_lm(tmp_path / "model", "llama")
+    passes = [
+        {"name": "prune.structured", "config": {"kv_heads": 0.5, "ffn": 0.25}},
+        {
+            "name": "finetune",
+            "config": {"objective": "distill", "max_steps": 40, "lr": 3e-3, "batch_size": 8},
+        },
+    ]
+    finetune = {"source": "stdlib-docstrings", "samples": 64, "batch_size": 8}
+    recipe = merged(
+        RECIPE,
+        {
+            "passes": passes,
+            "data": {"finetune": {**finetune, "sequence_length": 32}},
+            "verify": {"min_cosine": 0.5, "max_perplexity_increase": 5.0},
+        },
+    )
+    recipe["verify"].pop("min_generation_agreement")
+    out = tmp_path / "out"
+    from fxopt.cli import main
+
+    assert main([str(write_recipe(tmp_path, recipe)), str(model), "-o", str(out), "-q"]) == 0
+    pruned, distilled = json.loads((out / "report.json").read_text())["passes"]
+    metrics = distilled["metrics"]
+    assert metrics["objective"] == "distill" and metrics["steps"] == 40
+    assert metrics["eval_loss_after"] < 0.8 * metrics["eval_loss_before"]
+    assert distilled["numerics"]["rel_l2"] < pruned["numerics"]["rel_l2"]

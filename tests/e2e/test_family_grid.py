@@ -80,11 +80,8 @@ REFUSED = {
 }
 
 #: what the runs that pass warn about; any other run prints no warning
-GQA = "grouped-query attention: 4 query heads share 2 key/value heads"
 IN_FLOAT = "quantized ops left in float by ONNX Runtime's fusions"
 WARNED = {
-    ("llama", "prune"): ("heads = 0.25 pruned nothing: heads groups left alone", GQA),
-    ("qwen2", "prune"): ("heads = 0.25 pruned nothing: heads groups left alone", GQA),
     ("gpt2", "prune"): ("heads = 0.25 pruned nothing: the model has no heads group",),
     ("deberta-v2", "prune"): (
         "heads = 0.25 pruned nothing: heads groups left alone",

@@ -52,8 +52,8 @@ def pass_metrics(report: dict, name: str) -> dict:
     return next(p for p in report["passes"] if p["name"] == name)["metrics"]
 
 
-def test_there_are_seven_recipes_three_of_them_digits():
-    assert len(RECIPES) == 7
+def test_there_are_eight_recipes_three_of_them_digits():
+    assert len(RECIPES) == 8
     assert [r.name for r in DIGITS] == [
         "digits-adversarial.toml",
         "digits-cnn-int8.toml",
@@ -337,3 +337,27 @@ def test_minilm_prune_recipe(capsys, tmp_path):
     assert report["verify"]["metrics"]["cosine_mean"] >= 0.965
     assert pass_metrics(report, "finetune")["steps"] > 1000
     print(f"minilm-prune: {seconds:.1f} s")
+
+
+# --- stdlib-lm-int4: a language model fxopt trains itself ------------------------------------
+
+
+@pytest.mark.slow
+def test_stdlib_lm_recipe_runs_from_a_fresh_clone_and_generates(capsys, tmp_path):
+    """The built-in language model is one (held-out perplexity well under a unigram model's),
+    its int4 artifact keeps its perplexity within the budget, and generates from its own
+    tokenizer and config."""
+    from fxopt.plugins.data.sources import stdlib_sentences
+    from fxopt.plugins.huggingface import builtin_lm
+
+    out = tmp_path / "out"
+    report, seconds = run_json(capsys, ROOT / "recipes" / "stdlib-lm-int4.toml", out)
+    metrics = report["verify"]["metrics"]
+    assert metrics["perplexity_increase"] <= 0.05 and metrics["generation_agreement"] >= 0.5
+    assert pass_metrics(report, "quantize.weight_only")["quantized"] == 14  # 7 per layer
+    fit = builtin_lm.fit_report(stdlib_sentences()[:200])
+    assert fit["perplexity"] < 0.4 * fit["unigram_perplexity"], fit
+    result = run_cli(capsys, "generate", out, "--prompt", "Return the", "--max-new-tokens", "8")
+    assert result.code == 0, result.err
+    assert result.out.startswith("Return the") and len(result.out) > len("Return the")
+    print(f"stdlib-lm-int4: {seconds:.1f} s, {fit}")

@@ -3,10 +3,11 @@
 GPT-2's linears are ``Conv1D`` modules (``addmm`` with a ``[in, out]`` weight): ``quantize.int8``
 quantizes them as linears, and a run that would quantize nothing is an error, not an fp32
 model that "passed". Llama and Qwen2 use grouped-query attention: its key/value heads and
-query groups are not attention-head groups ``prune.structured`` can shrink, so they are left
-alone and listed, while the MLP (gate/up rows, down columns) is pruned and
-``intermediate_size`` follows. A pruned model's ``config.json`` always describes its weights
-(DistilBERT's own keys, a classifier's pooler width left whole): rebuilt from that config,
+query heads per group are pruned as two groups (whole key/value groups with their query
+heads, or the same query heads from every group), whether the model repeats its key/value
+heads or hands them to SDPA with ``enable_gqa``, and the config's head counts follow. A
+pruned model's ``config.json`` always describes its weights (DistilBERT's own keys,
+a classifier's pooler width left whole): rebuilt from that config,
 ``transformers`` loads the pruned weights and computes what the pruned graph computes.
 
 DeBERTa-v2 fills masked attention scores with float32's lowest value, which fp16 cannot hold:
@@ -34,6 +35,7 @@ from torch import nn
 from fxopt.engine.errors import FxoptError
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.recipe import Recipe
+from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastConfig, CastFP16
 from fxopt.passes.cast.rewrite import PRECISION_KEY
 from fxopt.passes.prune.config import PruneConfig
@@ -43,15 +45,17 @@ from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import write_recipe
+from tests.graphs import capture_model
 from tests.passes import prune_models
 from tests.passes.prune_models import (
+    BATCH,
+    SEQUENCE,
     bert_classifier_ir,
     bert_classifier_model,
     bert_ir,
     convnext_ir,
     deberta_ir,
     decoder_ir,
-    decoder_model,
     distilbert_ir,
     distilbert_model,
     gpt2_ir,
@@ -178,50 +182,93 @@ def test_int8_that_would_quantize_nothing_is_an_error(tmp_path, model, holds, fi
 # -- Llama and Qwen2: grouped-query attention and prune.structured -----------------------------
 
 
+#: ratios -> (query heads per key/value head, key/value heads) kept of (2, 2)
+GQA_CASES = {
+    "heads": ({"heads": 0.5}, (1, 2)),
+    "kv_heads": ({"kv_heads": 0.5}, (2, 1)),
+    "both_and_ffn": ({"heads": 0.5, "kv_heads": 0.5, "ffn": 0.25}, (1, 1)),
+}
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_gqa_heads_are_left_alone_and_the_mlp_is_pruned_with_its_config(family):
+@pytest.mark.parametrize("case", list(GQA_CASES))
+def test_gqa_prunes_whole_key_value_groups_or_query_heads_evenly_within_them(family, case):
+    ratios, (per_group, kv) = GQA_CASES[case]
     eager, ir = decoder_ir(family)
-    before = shapes(ir)
-    result, warnings = prune(ir, heads=0.25, ffn=0.25)
-    metrics = result.metrics
-    assert metrics["pruned"] == {"ffn": "2 groups: 128 -> 96"}
-    left = metrics["left_alone"]
-    assert {entry.split(" ")[0] for entry in left} >= {f"m.layers.{i}.self_attn" for i in (0, 1)}
-    assert left and all(
-        "(heads): grouped-query attention: 4 query heads share 2 key/value heads" in entry
-        for entry in left
-    ), left
-    assert metrics["warnings"] == warnings
-    assert any("heads = 0.25 pruned nothing" in w for w in warnings), warnings
-    after = shapes(ir)
+    result, warnings = prune(ir, **ratios)
+    assert not warnings and result.metrics["left_alone"] == []
+    pruned = result.metrics["pruned"]
+    assert pruned.get("kv_heads", "2 groups: 2 -> 2") == f"2 groups: 2 -> {kv}"
+    assert pruned.get("heads", "2 groups: 2 -> 2") == f"2 groups: 2 -> {per_group}"
+    after, ffn = shapes(ir), 96 if "ffn" in ratios else 128
     for i in (0, 1):
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            key = f"layers.{i}.self_attn.{proj}.weight"
-            assert after[key] == before[key]
-        assert after[f"layers.{i}.mlp.gate_proj.weight"] == (96, 64)
-        assert after[f"layers.{i}.mlp.up_proj.weight"] == (96, 64)
-        assert after[f"layers.{i}.mlp.down_proj.weight"] == (64, 96)
+        attention = f"layers.{i}.self_attn"
+        assert after[f"{attention}.q_proj.weight"] == (16 * kv * per_group, 64)
+        assert after[f"{attention}.k_proj.weight"] == after[f"{attention}.v_proj.weight"]
+        assert after[f"{attention}.k_proj.weight"] == (16 * kv, 64)
+        assert after[f"{attention}.o_proj.weight"] == (64, 16 * kv * per_group)
+        assert after[f"layers.{i}.mlp.down_proj.weight"] == (64, ffn)
     config = result.ir.meta.config
-    assert config["intermediate_size"] == 96
-    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
+    assert config["num_attention_heads"] == kv * per_group
+    assert (config["num_key_value_heads"], config["head_dim"]) == (kv, 16)
+    assert config["intermediate_size"] == ffn
     x = ids()
     (got,) = result.ir.run({"x": x})
     with torch.no_grad():
         (want,) = eager(x)
+        # transformers builds the model config.json describes, and it takes the weights
         again = rebuilt(eager.m, config, result.ir)(input_ids=x).last_hidden_state
     torch.testing.assert_close(again, got, atol=1e-5, rtol=1e-4)
-    assert 0.9 < cosine(got, want) < 0.9999  # pruned, and still close
+    assert 0.5 < cosine(got, want) < 0.9999
 
 
-def test_gqa_heads_alone_are_refused_naming_the_attention():
+def test_gqa_key_value_heads_ratio_is_never_implied_by_ratio():
     _, ir = decoder_ir("llama")
-    with pytest.raises(FxoptError) as info:
-        prune(ir, heads=0.25)
-    error = info.value
-    assert error.exit_code == 2 and error.field == "passes[0].config"
-    assert "nothing to prune" in error.message
-    assert "grouped-query attention: 4 query heads share 2 key/value heads" in error.message
-    assert "ffn" in error.fix
+    result, _ = prune(ir, ratio=0.5)
+    assert "kv_heads" not in result.metrics["pruned"]
+    assert result.ir.meta.config["num_key_value_heads"] == 2
+
+
+class GroupedQueryAttention(nn.Module):
+    """Attention that hands grouped k/v heads to SDPA as they are (``enable_gqa``), the way
+    transformers does where torch supports it, instead of repeating them."""
+
+    def __init__(self, heads: int = 4, kv_heads: int = 2, dim: int = 8, width: int = 32) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        self.q = nn.Linear(width, heads * dim)
+        self.k = nn.Linear(width, kv_heads * dim)
+        self.v = nn.Linear(width, kv_heads * dim)
+        self.o = nn.Linear(heads * dim, width)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, self.dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.kv_heads, self.dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.kv_heads, self.dim).transpose(1, 2)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return (self.o(y.transpose(1, 2).reshape(b, t, -1)),)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "heads", "kv_heads"), [({"kv_heads": 0.5}, 2, 1), ({"heads": 0.5}, 2, 2)]
+)
+def test_sdpa_enable_gqa_is_pruned_as_groups(ratios, heads, kv_heads):
+    torch.manual_seed(0)
+    eager = GroupedQueryAttention().eval()
+    spec = InputSpec("x", "float32", ("batch", "sequence", 32), -1.0, 1.0)
+    ir = capture_model(eager, spec, {"batch": BATCH, "sequence": SEQUENCE})
+    kinds = sorted(g.kind for g in ir.analysis(ChannelDependencies).prunable)
+    assert kinds == ["heads", "kv_heads"]
+    result, _ = prune(ir, **ratios)
+    x = torch.randn(2, 5, 32)
+    (got,) = result.ir.run({"x": x})
+    # the same attention built at the pruned sizes, with the pruned weights, computes it
+    smaller = GroupedQueryAttention(heads=heads, kv_heads=kv_heads).eval()
+    smaller.load_state_dict(dict(result.ir.module.named_parameters()))
+    with torch.no_grad():
+        (want,) = smaller(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_multi_head_llama_prunes_heads_and_its_key_value_heads_in_the_config():
@@ -585,32 +632,6 @@ def test_cli_gpt2_int8_quantizes_every_conv1d(capsys, tmp_path):
         'fix: ops = ["linear"] quantizes those',
     )
     assert not (tmp_path / "none").exists()
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_cli_gqa_prune_writes_the_pruned_mlp_and_a_config_that_says_so(capsys, tmp_path, family):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    base = decoder_model(family)
-    causal = AutoModelForCausalLM.from_config(base.config)
-    model = saved(tmp_path, causal, family)
-    recipe = cli_recipe(tmp_path, "causal-lm", "prune.structured", "heads = 0.25\nffn = 0.25")
-    out = tmp_path / "out"
-    result = run_cli(capsys, recipe, model, "-o", out)
-    assert result.code == 0, result.err
-    err = " ".join(result.err.split())
-    assert "heads = 0.25 pruned nothing" in err and "grouped-query attention" in err
-    report = json.loads((out / "report.json").read_text())
-    metrics = pass_metrics(report, "prune.structured")
-    assert metrics["pruned"] == {"ffn": "2 groups: 128 -> 96"}
-    assert all("grouped-query attention" in entry for entry in metrics["left_alone"])
-    assert any("heads = 0.25 pruned nothing" in w for w in metrics["warnings"])
-    written = AutoConfig.from_pretrained(out)
-    assert written.intermediate_size == 96
-    assert (written.num_attention_heads, written.num_key_value_heads) == (4, 2)
-    dims = onnx_dims(out)
-    assert 96 in dims and 128 not in dims
-    assert 0.9 < report["verify"]["metrics"]["cosine_mean"] < 0.9999
 
 
 def test_cli_bert_classifier_prunes_the_encoder_and_keeps_the_pooler(capsys, tmp_path):

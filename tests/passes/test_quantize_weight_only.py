@@ -74,6 +74,17 @@ def test_round_to_nearest_is_onnxruntimes_quantizer_bit_for_bit(bits, symmetric)
         assert np.array_equal(nbits.pack_zero_points(my_zero, bits).numpy(), zero_points)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_round_to_nearest_a_few_rows_at_a_time_gives_the_same_numbers(monkeypatch, symmetric):
+    """Rows are rounded in chunks (an LM head at once would hold GBs of temporaries): each
+    row's blocks are its own, so the chunks, the last one short, change nothing."""
+    weight = torch.randn(48, 256, generator=torch.Generator().manual_seed(2))
+    whole = nbits.quantize_rtn(weight, 4, 32, symmetric)
+    monkeypatch.setattr(nbits, "ROUND_ELEMENTS", 5 * 256)  # 5 rows at a time, then 3
+    for at_once, chunked in zip(whole, nbits.quantize_rtn(weight, 4, 32, symmetric), strict=True):
+        assert torch.equal(at_once, chunked)
+
+
 # -- the op against ONNX Runtime ---------------------------------------------------------------
 
 
