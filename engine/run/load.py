@@ -7,7 +7,7 @@ from pathlib import Path
 from ..data import DataContext, build_splits
 from ..data_shapes import check_data_shapes
 from ..errors import ModelError
-from ..loading import LoadedModel, LoadOptions
+from ..loading import LoadedModel, LoadOptions, builtin_name
 from ..plugin_host import PluginHost
 from .capture import effective_dims, effective_inputs
 from .state import RunState
@@ -15,7 +15,9 @@ from .state import RunState
 
 def stage(run: RunState) -> None:
     recipe = run.recipe
-    with run.output.stage(f"loading {run.model_path}"):
+    name = builtin_name(run.model_path)
+    what = f"builtin:{name} (trained when first loaded)" if name else run.model_path
+    with run.output.stage(f"loading {what}"):
         options = LoadOptions(
             recipe.model.task, run.options.allow_pickle, run.options.trust_remote_code
         )
