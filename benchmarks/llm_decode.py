@@ -244,6 +244,9 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         options.inter_op_num_threads = 1
+        # the runners take turns: an idle session's threads must not spin on the cores the
+        # next runner uses (they do by default, for a while after each run)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return OrtRunner(out / "model.ort.onnx", options, ["CPUExecutionProvider"])
 
     runners = {

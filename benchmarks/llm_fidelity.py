@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=1200)
     parser.add_argument("--samples", type=int, default=4096, help="distillation samples")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--only", nargs="*", help="build only these variants (and fp32)")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--reuse", action="store_true", help="keep outputs of an earlier run")
@@ -221,6 +221,10 @@ def decode_speeds(built, rows, tokenizer, rounds: int, new: int) -> dict[str, fl
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    # the sessions take turns: an idle one's threads must not spin on the cores the next
+    # one runs on (they do by default, for a while after each run, and slowed the second
+    # and later sessions of a round to half speed here)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     runners = {
         name: llm_decode.ours(
             OrtRunner(out / "model.ort.onnx", options, ["CPUExecutionProvider"]),
