@@ -87,6 +87,11 @@ INT4 = {
 #: fxopt's artifacts compared here (and whose build memory ``llm_memory.py`` measures): name
 #: -> the recipe's passes
 VARIANTS: dict[str, list[dict]] = {"fxopt fp32": [], "fxopt int4": [INT4]}
+#: ``--pruned``: a quarter of the FFN and half the key/value groups removed (random weights:
+#: what the smaller graph decodes at, not what it predicts)
+PRUNED = {
+    "fxopt pruned-fp32": [{"name": "prune.structured", "config": {"ffn": 0.25, "kv_heads": 0.5}}]
+}
 
 
 def shape_model(model: Path, shape: str) -> Path:
@@ -103,16 +108,17 @@ def shape_model(model: Path, shape: str) -> Path:
 
 
 def write_recipe(work: Path, name: str) -> Path:
-    """The recipe of the variant ``name`` (a key of ``VARIANTS``), written in ``work``."""
+    """The recipe of the variant ``name`` (a key of ``VARIANTS`` or ``PRUNED``), in ``work``."""
     recipe = work / f"{name.split()[1]}.toml"
-    recipe.write_text(recipe_toml({**RECIPE, "passes": VARIANTS[name]}), encoding="utf-8")
+    passes = {**VARIANTS, **PRUNED}[name]
+    recipe.write_text(recipe_toml({**RECIPE, "passes": passes}), encoding="utf-8")
     return recipe
 
 
-def build_outputs(model: Path, work: Path) -> dict[str, Path]:
-    """fxopt fp32 and int4 artifacts of ``model`` (the recipes are written next to them)."""
+def build_outputs(model: Path, work: Path, names=tuple(VARIANTS)) -> dict[str, Path]:
+    """fxopt's artifacts of ``model`` (the recipes are written next to them)."""
     outs = {}
-    for name in VARIANTS:
+    for name in names:
         recipe = write_recipe(work, name)
         out = work / name.replace(" ", "-")
         start = time.perf_counter()
@@ -158,6 +164,13 @@ class GenaiRunner:
             generator.generate_next_token()
             tokens.append(int(generator.get_next_tokens()[0]))
         return tokens, prefill, time.perf_counter() - start
+
+
+def cache_of(out: Path) -> tuple[int, int]:
+    """``(kv_heads, head_dim)`` of an output's cache, from its own config.json (pruning
+    key/value heads shrinks it)."""
+    _, kv, dim = cache_layout(json.loads((out / "config.json").read_text()))
+    return kv, dim
 
 
 def ours(runner, cache: tuple[int, int]):
@@ -224,6 +237,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, help="where models and artifacts go (kept)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--pruned", action="store_true", help="also a pruned fp32 artifact")
     args = parser.parse_args()
     torch.set_num_threads(2)
     load_before = os.getloadavg()
@@ -235,7 +249,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     config = json.loads((model / "config.json").read_text())
     _, kv, dim = cache_layout(config)
-    outs = build_outputs(model, work)
+    outs = build_outputs(model, work, (*VARIANTS, *(PRUNED if args.pruned else ())))
     genai = build_genai(model, work)
 
     import onnxruntime as ort
@@ -252,7 +266,7 @@ def main() -> None:
     runners = {
         "torch eager fp32": eager(model, dynamic_int8=False),
         "torch dynamic int8": eager(model, dynamic_int8=True),
-        **{name: ours(ort_runner(out), (kv, dim)) for name, out in outs.items()},
+        **{name: ours(ort_runner(out), cache_of(out)) for name, out in outs.items()},
         "genai int4": GenaiRunner(genai).generate,
     }
     prompt = tokenizer("def parse(text):\n    " * 40)["input_ids"][: args.prompt]
@@ -280,7 +294,8 @@ def main() -> None:
         sessions = {n: o / "model.ort.onnx" for n, o in outs.items()}
         sessions["genai int4"] = genai / "model.onnx"
         for name, path in sessions.items():
-            rows[name]["perplexity"] = round(perplexity_of(path, text, tokenizer, (kv, dim)), 3)
+            cache = cache_of(outs[name]) if name in outs else (kv, dim)
+            rows[name]["perplexity"] = round(perplexity_of(path, text, tokenizer, cache), 3)
     load_after = os.getloadavg()
     print(f"\n{args.model or args.shape}: prompt {len(prompt)} tokens, {args.new_tokens} new")
     print(f"{'runner':<20} {'prefill ms':>10} {'decode tok/s':>12} {'vs eager':>9} {'ppl':>8}")
