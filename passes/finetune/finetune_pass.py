@@ -103,8 +103,7 @@ class Finetune(Pass):
                 used_parameters(ir.module), config.freeze, file=file, field=f"{where}.freeze"
             )
             if uses_fsdp(config, world):
-                resume = getattr(ctx, "resume", None)
-                check_fsdp(config, parameters, resume, file=file, where=where)
+                check_fsdp(config, parameters, ctx.resume, file=file, where=where)
             stack.enter_context(only_trainable(ir.module, set(parameters)))
             mode = GraphMode(
                 ir.module, dropout=config.train_mode, batchnorm=config.batchnorm == "train"

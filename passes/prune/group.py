@@ -105,7 +105,6 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
     split_dims -= head_dims
     head_dims |= split_dims
     grouped = _grouped_query(spaces, head_dims)
-    partners = {a: b for pair in grouped.values() for a, b in (pair, pair[::-1])}
     groups = []
     for space in spaces:
         if space.definition is not None or not space.concrete or space.size <= 1:
@@ -126,8 +125,12 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
             kind = "heads"
         if space.id in split_dims:
             fixed = [*fixed, HEAD_DIM_OF_SPLIT]
-        if space.id in partners:
-            kind = "kv_heads" if grouped.get(space.id, (None,))[0] == space.id else "heads"
+        partner = None
+        if space.id in grouped:
+            key_value, per_group = grouped[space.id]
+            kind, partner = (
+                ("kv_heads", per_group) if space.id == key_value else ("heads", key_value)
+            )
         groups.append(
             Group(
                 id=space.id,
@@ -139,7 +142,7 @@ def make_groups(spaces: Spaces, producer_dims: set[Dim]) -> list[Group]:
                 producers=producers,
                 fixed=fixed,
                 unsafe=space.unsafe_reasons,
-                partner=partners.get(space.id),
+                partner=partner,
             )
         )
     order = {d.attr: i for i, d in reversed(list(enumerate(spaces.of_dim))) if d.attr}

@@ -22,7 +22,6 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -123,25 +122,28 @@ def model_dir() -> Path:
     return directory
 
 
-def fit_report(texts: list[str], model=None, tokenizer=None) -> dict[str, Any]:
-    """Perplexity of the model on ``texts`` next to a unigram model of its training text:
-    what shows it is a language model (used by its test)."""
-    if model is None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def fit_report(texts: list[str]) -> dict[str, float]:
+    """Perplexity of the trained model on ``texts`` (in windows, by the ``causal-lm`` task's
+    own measure) next to a unigram model of its training text: what shows it is a language
+    model (used by its test)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir()).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    from fxopt.plugins.tasks import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
     held = token_stream(tokenizer, texts)
-    total, count = 0.0, 0
+    # windows overlapping by one token, so that every token after the first is predicted once
+    windows = [
+        {"input_ids": held[start : start + WINDOW + 1][None]}
+        for start in range(0, len(held) - WINDOW - 1, WINDOW)
+    ]
     with torch.no_grad():
-        for start in range(0, len(held) - WINDOW - 1, WINDOW):
-            window = held[start : start + WINDOW + 1][None]
-            logits = model(input_ids=window[:, :-1]).logits[0]
-            total += float(
-                torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum")
-            )
-            count += WINDOW
+        logits = [[model(input_ids=w["input_ids"]).logits.numpy()] for w in windows]
     train_ids = token_stream(tokenizer, stdlib_sentence_corpus())
     counts = torch.bincount(train_ids, minlength=len(tokenizer)).double() + 1.0
     unigram = -(counts / counts.sum()).log()[held].mean()
-    return {"perplexity": math.exp(total / count), "unigram_perplexity": math.exp(float(unigram))}
+    return {
+        "perplexity": perplexity(windows, logits),
+        "unigram_perplexity": math.exp(float(unigram)),
+    }
