@@ -8,8 +8,10 @@ was seen), so the transpose is folded into the initializer (``W^T [in, out]``, `
 and a Gemm becomes MatMul + Add.
 Its x86 kernels (``MatMulIntegerToFloat``, ``QLinearMatMul``) take the fast path only for
 *uint8* activations; a symmetric int8 activation (zero point 0) is exactly a uint8 one with
-zero point 128, so activation Q/DQ pairs with int8 zero points are moved to uint8. Neither
-step changes the numbers the graph computes.
+zero point 128, so activation Q/DQ pairs with int8 zero points are moved to uint8. On an x86
+CPU without VNNI, where ONNX Runtime's uint8 x int8 kernels saturate, the weights of those
+integer MatMuls and convolutions move to uint8 too (:func:`_weights_to_uint8`). None of these
+steps changes the numbers the graph computes.
 
 After ONNX Runtime has optimized the graph, :func:`fuse_biases` finishes one fusion its QDQ
 path leaves undone: each linear's bias ``Add`` becomes the bias input of the fused
@@ -20,6 +22,7 @@ output fewer per linear).
 from __future__ import annotations
 
 import collections
+import platform
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,13 +43,50 @@ FLOAT_COMPUTE_OPS = frozenset(
 )
 #: the fused int8 ops ONNX Runtime's CPU provider turns Q/DQ MatMuls and Gemms into
 FUSED_MATMUL_OPS = ("MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul")
+#: /proc/cpuinfo flags of the x86 int8 dot products that add u8 x s8 products in int32
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+CPUINFO = Path("/proc/cpuinfo")
+#: the ops whose weight :func:`_weights_to_uint8` moves (ONNX Runtime makes MatMulIntegerToFloat
+#: / QLinearMatMul and QLinearConv of them, all on the same saturating x86 kernels)
+INTEGER_WEIGHT_OPS = frozenset({"MatMul", "Conv"})
+#: int8 weights within this magnitude cannot saturate: 2 * 255 * 64 = 32640 fits in int16
+SAFE_INT8_WEIGHT = 64
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
 
 
-def rewrite_file(path: Path) -> dict[str, int] | None:
+def u8s8_saturates() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 integer kernels saturate on this CPU.
+
+    Its x86 kernels (MLAS, behind MatMulInteger, MatMulIntegerToFloat, QLinearMatMul and
+    QLinearConv) multiply uint8 by int8 with ``vpmaddubsw`` where the CPU has no VNNI (AVX2,
+    AVX-512 without VNNI): that adds each pair of adjacent products in int16 and saturates, so
+    a pair beyond +-32767 (``2 * 255 * 127`` reaches 64770) is clipped and the output silently
+    loses accuracy (measured: 0.2-0.6 on outputs of ~1.2 in the int8 tests, an AMD EPYC Zen 1
+    with AVX2). VNNI (``vpdpbusd``) and AMX add the products in int32. ARM's kernels widen
+    before adding (NEON) or add in int32 (UDOT, I8MM): no saturation, nothing to do.
+
+    True on x86 Linux when ``/proc/cpuinfo`` lists none of :data:`VNNI_FLAGS`; False on other
+    architectures and where the flags cannot be read (then nothing changes). Tests monkeypatch
+    this function to take either branch on any machine.
+    """
+    if platform.machine().lower() not in X86_MACHINES:
+        return False
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        None,
+    )
+    return flags is not None and not VNNI_FLAGS.intersection(flags)
+
+
+def rewrite_file(path: Path) -> dict[str, object] | None:
     """Rewrite the ONNX file at ``path`` (external data kept next to it) when it holds Q/DQ;
     ``None`` (and the file untouched) when it does not."""
     if not has_qdq(onnx.load(str(path), load_external_data=False)):
@@ -57,13 +97,27 @@ def rewrite_file(path: Path) -> dict[str, int] | None:
     return stats
 
 
-def rewrite_for_ort(model: onnx.ModelProto) -> dict[str, int]:
-    """Rewrite ``model`` in place (see the module docstring); returns what changed."""
-    stats: collections.Counter[str] = collections.Counter()
+def rewrite_for_ort(model: onnx.ModelProto, uint8_weights: bool | None = None) -> dict[str, object]:
+    """Rewrite ``model`` in place (see the module docstring); returns what changed.
+
+    ``uint8_weights``: move the int8 weights of uint8-activation MatMuls and convolutions to
+    uint8 (:func:`_weights_to_uint8`); ``None`` asks :func:`u8s8_saturates`.
+    """
+    if uint8_weights is None:
+        uint8_weights = u8s8_saturates()
+    stats: dict[str, object] = {}
     stats["weight_transposes_folded"] = _fold_weight_transposes(model.graph)
     stats["activations_to_uint8"] = _activations_to_uint8(model.graph)
+    moved = _weights_to_uint8(model.graph) if uint8_weights else 0
+    stats["weights_to_uint8"] = moved
+    if moved:
+        stats["weights_to_uint8_why"] = (
+            "this x86 CPU has no VNNI: ONNX Runtime's uint8 x int8 kernels add pairs of "
+            "products in int16 and saturate, its uint8 x uint8 ones do not (same numbers, "
+            "slower kernel)"
+        )
     _drop_unused_initializers(model.graph)
-    return dict(stats)
+    return stats
 
 
 def float_quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
@@ -262,6 +316,70 @@ def _activations_to_uint8(graph: onnx.GraphProto) -> int:
     for value in [*graph.value_info, *graph.output]:
         if value.name in retyped:
             value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    return moved
+
+
+def _weights_to_uint8(graph: onnx.GraphProto) -> int:
+    """The int8 weight of each MatMul / Conv whose other input is a uint8 activation Q/DQ ->
+    uint8, ``w + 128`` with zero point ``zp + 128``: the same dequantized values, so the graph
+    computes the same numbers, but ONNX Runtime then runs its uint8 x uint8 kernel.
+
+    Why: without VNNI, ONNX Runtime's x86 uint8 x int8 kernels saturate (see
+    :func:`u8s8_saturates`); the uint8 x uint8 ones widen to int16 before the multiply-add and
+    are exact. Weights within +-64 cannot saturate and stay int8 (ONNX Runtime's own
+    ``session.x64quantprecision`` rewrite draws the same line, but turns on wherever U8U8 and
+    U8S8 dispatch differ, VNNI CPUs included). Returns how many weight DequantizeLinears moved.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+
+    def dequantize(name: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def uint8_activation(name: str) -> bool:
+        dq = dequantize(name)
+        if dq is None or dq.input[0] in inits or len(dq.input) < 3 or dq.input[2] not in inits:
+            return False
+        return inits[dq.input[2]].data_type == onnx.TensorProto.UINT8
+
+    twins: dict[str, str] = {}
+
+    def twin(name: str, values: np.ndarray) -> str:
+        """A uint8 initializer of ``values + 128`` for the int8 one ``name`` (added beside it,
+        never edited in place: another DequantizeLinear may read it)."""
+        if name not in twins:
+            new = _free_name(inits, name + "_uint8")
+            tensor = numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), new)
+            graph.initializer.append(tensor)
+            inits[new] = tensor
+            twins[name] = new
+        return twins[name]
+
+    moved = 0
+    for node in graph.node:
+        if node.op_type not in INTEGER_WEIGHT_OPS or len(node.input) < 2:
+            continue
+        dq = dequantize(node.input[1])
+        if dq is None or not uint8_activation(node.input[0]):
+            continue
+        weight, scale = dq.input[0], dq.input[1]
+        zero_point = dq.input[2] if len(dq.input) > 2 else ""
+        if weight not in inits or inits[weight].data_type != onnx.TensorProto.INT8:
+            continue  # not a constant int8 weight, or moved already (a DQ read by two ops)
+        if (zero_point or scale) not in inits:  # the scale gives an absent zero point's shape
+            continue
+        values = numpy_helper.to_array(inits[weight])
+        if np.abs(values.astype(np.int16)).max(initial=0) <= SAFE_INT8_WEIGHT:
+            continue
+        if zero_point:
+            zero_point = twin(zero_point, numpy_helper.to_array(inits[zero_point]))
+        else:  # absent: int8 zero, of the scale's shape
+            shape = numpy_helper.to_array(inits[scale]).shape
+            zero_point = twin(f"{scale} (zero point)", np.zeros(shape, np.int8))
+        del dq.input[:]
+        dq.input.extend([twin(weight, values), scale, zero_point])
+        moved += 1
     return moved
 
 
