@@ -3,13 +3,14 @@
 Runs ``recipes/minilm-prune.toml`` through the engine (``prepare``: load, capture,
 passes): ``prune.structured`` removes 30% of the FFN neurons and 25% of the heads of every
 layer, then the ``finetune`` pass distils the unpruned model back in (when that pass is
-registered; the table says so when it is not) on the ``stdlib-sentences`` source: the
-sentences of every public docstring paragraph of the standard library, minus any sentence of
+registered; the table says so when it is not) on the ``text-mix`` source: standard-library
+docstring sentences, the Python reference and torch's and NumPy's docstrings in turn, none of
 the paragraphs the ``stdlib-docstrings`` source yields, which calibration and verification use.
 Both the unpruned and the pruned graph are lowered with the ONNX Runtime backend (fp32, graph
 optimization ``all``) and timed in this process, alternating runs, batch 8 x sequence 128;
 fidelity is the cosine of the sentence embeddings against the original model on the recipe's
-256 held-out standard-library docstrings.
+256 held-out standard-library docstrings (its primary verification set; ``optimize`` reports
+the off-domain set too).
 
     python benchmarks/prune_minilm.py [--iters 30] [--threads 2] [--no-recovery]
     python benchmarks/prune_minilm.py --corpus-only     # write the corpus out, to read it
@@ -36,12 +37,12 @@ from fxopt.engine.run.capture import capture
 from fxopt.engine.run.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
-from fxopt.plugins.data.sources import stdlib_sentence_corpus
+from fxopt.plugins.data.text_domains import text_mix_corpus
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "minilm-prune.toml"
-CORPUS = HERE / "minilm-prune" / "docstrings.txt"
+CORPUS = HERE / "minilm-prune" / "text-mix.txt"
 
 
 class CpuClock(Instrument):
@@ -97,12 +98,12 @@ def main() -> None:
     parser.add_argument(
         "--corpus-only",
         action="store_true",
-        help=f"write the fine-tune corpus (the stdlib-sentences source) to {CORPUS} and stop",
+        help=f"write the fine-tune corpus (the text-mix source) to {CORPUS} and stop",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = stdlib_sentence_corpus()
-    print(f"fine-tune corpus: {len(corpus)} docstring sentences (source stdlib-sentences)")
+    corpus = text_mix_corpus()
+    print(f"fine-tune corpus: {len(corpus)} sentences (source text-mix)")
     if args.corpus_only:
         CORPUS.parent.mkdir(exist_ok=True)
         CORPUS.write_text("\n".join(corpus) + "\n", encoding="utf-8")

@@ -1,5 +1,6 @@
 """The ``optimize`` command: ``optimize RECIPE [MODEL_DIR]`` runs a recipe; ``validate``,
-``passes``, ``schema``, ``bench``, ``cache`` and ``check`` do the rest (``optimize --help``).
+``passes``, ``schema``, ``bench``, ``cache``, ``check``, ``generate`` and ``search`` do the
+rest (``optimize --help``).
 
 Why click: one decorator per option replaces a hand-built parser per command and a dispatch
 table, and click adds shell completion (``_OPTIMIZE_COMPLETE``) and "did you mean" for a
@@ -152,6 +153,24 @@ def _flag(*decls: str, help: str):
     return click.option(*decls, is_flag=True, help=help)
 
 
+def _recipe_arguments(func):
+    """RECIPE and the optional MODEL_DIR of every command that runs a recipe."""
+    func = click.argument("model_dir", type=PATH, required=False)(func)
+    return click.argument("recipe", type=PATH)(func)
+
+
+def _cache_options(no_cache_help: str):
+    """--cache-dir and --no-cache, the latter's help saying what it costs this command."""
+
+    def decorate(func):
+        func = click.option(
+            "--no-cache", "use_cache", flag_value=False, default=True, help=no_cache_help
+        )(func)
+        return click.option("--cache-dir", type=PATH, help=CACHE_DIR_HELP)(func)
+
+    return decorate
+
+
 _plugin_option = click.option(
     "--plugin",
     "plugins",
@@ -175,21 +194,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("recipe", type=PATH)
-@click.argument("model_dir", type=PATH, required=False)
+@_recipe_arguments
 @click.option("-o", "--out", "out_dir", type=PATH, help="output directory (default RECIPE-out)")
 @_flag("--force", help="replace an existing output dir")
 @_flag("--json", help="print the report as JSON only")
 @_flag("-q", "--quiet", help="print errors only")
 @click.option("--dump-ir", type=PATH, metavar="DIR", help="write the graph per pass")
-@click.option("--cache-dir", type=PATH, help=CACHE_DIR_HELP)
-@click.option(
-    "--no-cache",
-    "use_cache",
-    flag_value=False,
-    default=True,
-    help="read and write no cache at all (outputs, pass results, calibration)",
-)
+@_cache_options("read and write no cache at all (outputs, pass results, calibration)")
 @_flag("--verify-inputs", help="re-hash every model and data file, not trust remembered hashes")
 @_plugin_option
 @click.option("--depfile", type=PATH, metavar="PATH", help="write a Make/Ninja depfile of inputs")
@@ -295,7 +306,12 @@ def validate(args: SimpleNamespace, output) -> None:
     check_files(recipe, builtin_models=builtins)
     plan.backend.check_available()
     names = ", ".join(p.name for p in plan.passes) or "no passes"
-    output.console.print(f"{args.recipe}: ok ({names} → {plan.backend.name})")
+    searched = ""
+    if recipe.search is not None:  # each candidate of the space is a recipe to check too
+        from fxopt.search.driver import plan_candidates
+
+        searched = f"; search space: {len(plan_candidates(recipe, host)[1])} candidates"
+    output.console.print(f"{args.recipe}: ok ({names} → {plan.backend.name}{searched})")
 
 
 @cli.command()
@@ -420,8 +436,59 @@ def generate(args: SimpleNamespace, output) -> None:
 
 
 @cli.command()
-@click.argument("recipe", type=PATH)
-@click.argument("model_dir", type=PATH, required=False)
+@_recipe_arguments
+@click.option("-o", "--out", "out_dir", type=PATH, help="search directory (default RECIPE-search)")
+@_flag("--resume", help="continue an interrupted search in its directory")
+@_flag("--force", help="start over in the directory of an earlier search")
+@click.option(
+    "--max-candidates",
+    type=click.IntRange(1),
+    help="allow a space this large (default: the recipe's [search] max_candidates)",
+)
+@_flag("--json", help="print search.json at the end")
+@_flag("-q", "--quiet", help="print errors only")
+@_cache_options("no cache: candidates that share passes compute them again")
+@_plugin_option
+@_flag("--allow-pickle", help="allow *.bin checkpoints")
+@_flag("--trust-remote-code", help="allow code shipped with the model")
+def search(args: SimpleNamespace, output) -> int:
+    """Find the fastest (or smallest) artifact within the budget.
+
+    Run every candidate of the recipe's [search.space] (docs/search.md), through the pass
+    cache so shared passes run once; write search.json, search.md, frontier.svg and the
+    winner (winner/ and winner.toml). Exit 3 when no candidate meets the budget; Ctrl-C
+    keeps the finished candidates and --resume continues."""
+    from fxopt.engine.run_options import RunOptions
+    from fxopt.search import SearchOptions
+    from fxopt.search import search as run_search
+
+    from .search import print_results
+
+    run = RunOptions(
+        cache_dir=args.cache_dir,
+        use_cache=args.use_cache,
+        plugins=args.plugins,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+    )
+    options = SearchOptions(args.out_dir, args.resume, args.force, args.max_candidates, run)
+    try:
+        state = run_search(args.recipe, args.model_dir, options, output)
+    except KeyboardInterrupt as exc:
+        code = errors.EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
+        where = args.out_dir or f"{Path(args.recipe).stem}-search"
+        output.error(
+            f"{'terminated' if code == errors.EXIT_TERMINATED else 'interrupted'}; the finished "
+            f"candidates are kept in {where}; `optimize search {args.recipe} -o {where} "
+            "--resume` continues"
+        )
+        return code
+    print_results(state, output, as_json=args.json)
+    return errors.EXIT_OK
+
+
+@cli.command()
+@_recipe_arguments
 @_flag("--json", help="print the report as JSON")
 @click.option(
     "--backend", default="tensorrt", show_default=True, help="the backend to ask for its check"

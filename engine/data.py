@@ -64,7 +64,7 @@ class DataContext:
 
     @property
     def field_prefix(self) -> str:
-        return f"data.{self.split_name}"
+        return self.recipe.data.field(self.split_name)
 
     def path(self, split: DataSplit) -> Path:
         if split.path is None:
@@ -112,20 +112,20 @@ def sample_key(raw: Any) -> str:
 def build_splits(
     recipe: Recipe, datasets: Registry, make_ctx: Callable[[str], DataContext]
 ) -> dict[str, list[Batch]]:
-    """Load every split the recipe declares, disjoint, batched."""
+    """Load every split the recipe declares, disjoint, batched, by its key
+    (:meth:`~.recipe.DataSection.splits`: a named verification set as ``verification.<name>``)."""
     offsets: dict[tuple[str, str | None], int] = {}
     samples: dict[str, list[Sample]] = {}
     contexts: dict[str, DataContext] = {}
-    for name in SPLIT_ORDER:
-        split: DataSplit | None = getattr(recipe.data, name)
-        if split is None:
-            continue
-        source = datasets.get(split.source, file=recipe.label, field=f"data.{name}.source")()
+    declared = recipe.data.splits()
+    for name, split in declared.items():
+        where = recipe.data.field(name)
+        source = datasets.get(split.source, file=recipe.label, field=f"{where}.source")()
         if split.batch_size > split.samples:
             raise DataError(
                 f"batch_size ({split.batch_size}) is larger than samples ({split.samples})",
                 file=recipe.label,
-                field=f"data.{name}.batch_size",
+                field=f"{where}.batch_size",
                 fix="lower batch_size or raise samples",
             )
         # one record list per source and file: splits take consecutive, disjoint slices
@@ -139,33 +139,35 @@ def build_splits(
             raise DataError(
                 f"only {len(got)} samples available{shared}, {split.samples} asked",
                 file=recipe.label,
-                field=f"data.{name}.samples",
+                field=f"{where}.samples",
                 fix="lower samples, or give this split more data",
             )
         offsets[group] = offset + split.samples
         samples[name] = got
-    _check_disjoint(samples, recipe.label)
+    _check_disjoint(samples, recipe)
     out = {}
     for name, got in samples.items():
-        split = getattr(recipe.data, name)
+        split = declared[name]
         out[name] = batches(got, split.batch_size)
         ctx = contexts[name]
         file = str(recipe.resolve_path(split.path)) if split.path else recipe.label
-        check_data_values(ctx.inputs, out[name], split=name, file=file, tokenized=ctx.tokenized)
+        where = recipe.data.field(name).removeprefix("data.")
+        check_data_values(ctx.inputs, out[name], split=where, file=file, tokenized=ctx.tokenized)
     return out
 
 
-def _check_disjoint(samples: dict[str, list[Sample]], label: str) -> None:
+def _check_disjoint(samples: dict[str, list[Sample]], recipe: Recipe) -> None:
     names = list(samples)
     for i, first in enumerate(names):
         keys = {s.key for s in samples[first]}
         for second in names[i + 1 :]:
             shared = keys & {s.key for s in samples[second]}
             if shared:
+                a, b = (recipe.data.field(n).removeprefix("data.") for n in (first, second))
                 raise DataError(
-                    f"{len(shared)} samples appear in both the {first} and the {second} set",
-                    file=label,
-                    field=f"data.{second}",
+                    f"{len(shared)} samples appear in both the {a} and the {b} set",
+                    file=recipe.label,
+                    field=recipe.data.field(second),
                     fix="use different files, or remove the duplicated records",
                 )
 

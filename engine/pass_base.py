@@ -129,6 +129,10 @@ class Pass:
     #: not twice); otherwise the IR gets its own copy at capture. Passes that only replace
     #: weights with new tensors, or rebind ``p.data``, set it to False.
     edits_weights_in_place: ClassVar[bool] = True
+    #: whether this pass can bring a model that misses the fidelity budget back within it
+    #: (a fine-tune does; a pruner or a quantizer only moves it further away). ``optimize
+    #: search`` drops a candidate once a pass misses the budget and no later pass recovers.
+    recovers: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -4,7 +4,8 @@ Structure (``optimize schema`` prints the full JSON schema)::
 
     schema_version = 1
     [model]            where the model is, its task, its inputs and their dynamic axes
-    [data.<split>]     calibration / finetune / verification sets, kept disjoint
+    [data.<split>]     calibration / finetune / verification sets, kept disjoint (or named
+                       verification sets, [data.verification.<name>])
     [[passes]]         name + that pass's own config table, run in order
     [target]           backend and its options
     [verify]           the fidelity budget the final artifact must meet
@@ -23,6 +24,7 @@ committed JSON schema stays as it is.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -34,6 +36,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -284,12 +287,79 @@ class DataSplit(Strict):
     seed: Annotated[int, AfterValidator(_seed)] = 0
 
 
+#: the name of a verification set, ``[data.verification.<name>]``
+SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SETS_FIX = (
+    "give one set (source = ..., samples = ...) or name each set in a table of its own, "
+    'e.g. [data.verification.docstrings] with source = "stdlib-docstrings"'
+)
+
+
 class DataSection(Strict):
+    """The data sets. ``verification`` is one set or several named ones (the first is the
+    primary one, which every pass is measured on and the latency is timed on); the artifact
+    must meet the ``[verify]`` budget on each."""
+
     calibration: DataSplit | None = None
     finetune: DataSplit | None = None
-    verification: DataSplit = Field(
-        default_factory=lambda: DataSplit(source="synthetic", samples=32, batch_size=8)
+    verification: DataSplit | dict[str, DataSplit] = Field(
+        default_factory=lambda: DataSplit(source="synthetic", samples=32, batch_size=8),
+        description="one set, or named sets ([data.verification.<name>], the first the "
+        "primary one); the artifact must meet [verify] on each",
     )
+
+    @field_validator("verification", mode="wrap")
+    @classmethod
+    def _one_or_named(cls, value: Any, _handler: Any) -> DataSplit | dict[str, DataSplit]:
+        """One set, or a table of named sets, never both (validated as the form it is: a plain
+        union would report every error of both forms)."""
+        if not isinstance(value, dict) or not value:
+            if value == {}:
+                raise problem("the table names no verification set and no source", SETS_FIX)
+            return DataSplit.model_validate(value)
+        tables = [k for k, v in value.items() if isinstance(v, dict | DataSplit)]
+        if not tables:
+            return DataSplit.model_validate(value)
+        if len(tables) < len(value):
+            keys = ", ".join(k for k in value if k not in tables)
+            raise problem(
+                f"mixes a set's keys ({keys}) with named sets ({', '.join(tables)})", SETS_FIX
+            )
+        if bad := [k for k in tables if not SET_NAME.fullmatch(k)]:
+            raise problem(
+                f"set name {bad[0]!r} is not a plain identifier",
+                "name each set with letters, digits and underscores, not starting with a "
+                "digit, e.g. [data.verification.reference]",
+            )
+        return _NAMED_SETS.validate_python(value)
+
+    def verification_keys(self) -> dict[str, str]:
+        """Each verification set's name -> its key in a run's data (``run.splits``): the
+        primary set's is ``verification``, another's ``verification.<name>``; one unnamed set
+        is named ``verification``."""
+        if isinstance(self.verification, DataSplit):
+            return {"verification": "verification"}
+        return {
+            n: f"verification.{n}" if i else "verification" for i, n in enumerate(self.verification)
+        }
+
+    def splits(self) -> dict[str, DataSplit]:
+        """Every set by its key in a run's data, in load order (calibration, finetune, the
+        verification sets)."""
+        found = {k: s for k in ("calibration", "finetune") if (s := getattr(self, k)) is not None}
+        sets = self.verification if isinstance(self.verification, dict) else None
+        for name, key in self.verification_keys().items():
+            found[key] = sets[name] if sets else self.verification
+        return found
+
+    def field(self, key: str) -> str:
+        """Where the set ``key`` (of :meth:`splits`) is in the recipe, for messages."""
+        if key == "verification" and isinstance(self.verification, dict):
+            return f"data.verification.{next(iter(self.verification))}"
+        return f"data.{key}"
+
+
+_NAMED_SETS = TypeAdapter(dict[str, DataSplit])
 
 
 class PassSpec(Strict):
@@ -340,6 +410,41 @@ class VerifySection(Strict):
     )
 
 
+class SearchSection(Strict):
+    """What ``optimize search`` varies and what it minimizes; a plain run ignores it.
+
+    Each key of ``space`` names one value of the recipe: ``passes.<pass name>.<config key>``
+    (``passes[<index>].<config key>`` when the pass appears twice), ``target.backend`` or
+    ``target.options.<key>``. The candidates are every combination of the listed values."""
+
+    space: dict[str, list[Any]] = Field(
+        min_length=1,
+        description="recipe value -> the values to try, e.g. "
+        '"passes.prune.structured.ffn" = [0.2, 0.3, 0.4]',
+    )
+    objective: Literal["latency", "size"] = Field(
+        default="latency",
+        description="latency: the fastest artifact (median, the [verify] timing) that meets "
+        "the budget; size: the smallest",
+    )
+    max_size_mb: float | None = Field(
+        default=None, gt=0, description="an artifact larger than this many MB does not qualify"
+    )
+    max_candidates: Annotated[
+        int, _at_most(MAX_SAMPLES, "narrow the search space, or search it in parts")
+    ] = Field(default=64, ge=1, description="refuse larger spaces (--max-candidates overrides)")
+
+    @field_validator("space")
+    @classmethod
+    def _values(cls, space: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in space.items():
+            if not values:
+                raise problem(
+                    f"{key!r} lists no values", f"give {key!r} at least one value to try"
+                )
+        return space
+
+
 class Recipe(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     model: ModelSection = Field(default_factory=ModelSection)
@@ -347,6 +452,9 @@ class Recipe(Strict):
     passes: list[PassSpec] = Field(default_factory=list)
     target: TargetSection = Field(default_factory=TargetSection)
     verify: VerifySection = Field(default_factory=VerifySection)
+    search: SearchSection | None = Field(
+        default=None, description="the space `optimize search` explores (a run ignores it)"
+    )
 
     # not part of the file: where it came from, for messages and relative paths
     _source: Path | None = None
@@ -446,27 +554,32 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed at ``loc`` inside ``model``, to list them next to an unknown key."""
     current: Any = model
     for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return []
-            current = info.annotation
-        else:
-            args = typing.get_args(current)
-            current = args[-1] if args else None
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        current = _inside(current, part)
+    models = [m for m in _members(current) if _is_model(m)]
+    return list(models[0].model_fields) if models else []
 
 
-def _unwrap(tp: Any) -> Any:
-    """Strip ``X | None`` to ``X``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
+def _inside(tp: Any, part: Any) -> Any:
+    """The type at key ``part`` of ``tp``: a model's field, a dict's value, a list's item; in a
+    union, that of the first member that has it (``DataSplit | dict[str, DataSplit]``)."""
+    for member in _members(tp):
+        if _is_model(member):
+            if (info := member.model_fields.get(str(part))) is not None:
+                return info.annotation
+        elif args := typing.get_args(member):
+            return args[-1]
+    return None
+
+
+def _members(tp: Any) -> list[Any]:
+    """A union's members but ``None``; any other type alone."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return args[0] if len(args) == 1 else tp
-    return tp
+        return [a for a in typing.get_args(tp) if a is not type(None)]
+    return [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 def check_files(recipe: Recipe, *, builtin_models: tuple[str, ...] | None = None) -> None:
@@ -496,19 +609,19 @@ def check_files(recipe: Recipe, *, builtin_models: tuple[str, ...] | None = None
                     "when you run it",
                 )
             )
-    for name in DataSection.model_fields:
-        split = getattr(recipe.data, name)
-        if split is None or split.path is None:
+    for key, split in recipe.data.splits().items():
+        if split.path is None:
             continue
         path = recipe.resolve_path(split.path)
         fix = (
             "point path at an existing file (relative paths start at the recipe), or use a "
             "built-in source (`optimize passes` lists the datasets)"
         )
+        field = f"{recipe.data.field(key)}.path"
         if not path.exists():
-            problems.append((f"data.{name}.path", f"data file not found: {path}", fix))
+            problems.append((field, f"data file not found: {path}", fix))
         elif not path.is_file():
-            problems.append((f"data.{name}.path", f"not a file: {path}", fix))
+            problems.append((field, f"not a file: {path}", fix))
     if not problems:
         return
     (field, message, _), *rest = problems

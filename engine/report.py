@@ -59,14 +59,8 @@ class Report:
                 f"{json.dumps(p['metrics'])} |"
             )
         verify = d.get("verify", {})
-        lines += ["", "## Fidelity", "", "| metric | value | bound | passed |", "|---|---|---|---|"]
-        bounds = {b["metric"]: b for b in verify.get("budget", [])}
-        for name, value in verify.get("metrics", {}).items():
-            bound = bounds.get(name)
-            lines.append(
-                f"| {name} | {_fmt(value)} | {_fmt(bound['bound']) if bound else '–'} | "
-                f"{bound['passed'] if bound else '–'} |"
-            )
+        lines += ["", "## Fidelity", ""]
+        lines += _set_table(verify["sets"]) if verify.get("sets") else _metric_table(verify)
         if verify.get("costliest_step"):
             step = verify["costliest_step"]
             lines += ["", f"Costliest step: `{step['name']}` (cosine −{step['cosine_drop']:.6f})."]
@@ -117,13 +111,19 @@ class Report:
                 _fmt(p.get("numerics", {}).get("cosine_mean")),
                 ", ".join(f"{k}={v}" for k, v in p["metrics"].items()),
             )
-        metrics = d.get("verify", {}).get("metrics", {})
-        table.add_row(
-            f"artifact ({d.get('artifacts', {}).get('backend')})",
-            f"{d.get('seconds', {}).get('lower', 0):.2f}",
-            _fmt(metrics.get("cosine_mean")),
-            f"min cosine {_fmt(metrics.get('cosine_min'))}, max abs {_fmt(metrics.get('max_abs'))}",
-        )
+        verify = d.get("verify", {})
+        artifact = f"artifact ({d.get('artifacts', {}).get('backend')})"
+        sets = verify.get("sets") or {"": verify}
+        for i, (name, verdict) in enumerate(sets.items()):
+            metrics = verdict.get("metrics", {})
+            missed = ", budget missed" if name and not verdict.get("passed") else ""
+            table.add_row(
+                f"{artifact} on {name}" if name else artifact,
+                f"{d.get('seconds', {}).get('lower', 0):.2f}" if i == 0 else "",
+                _fmt(metrics.get("cosine_mean")),
+                f"min cosine {_fmt(metrics.get('cosine_min'))}, "
+                f"max abs {_fmt(metrics.get('max_abs'))}{missed}",
+            )
         output.console.print(table)
         latency = d.get("latency_ms")
         if latency:
@@ -132,6 +132,47 @@ class Report:
                 f"{latency['optimized']['p50']} ms ({latency['speedup_p50']}×), "
                 f"shape {latency['shape']}"
             )
+
+
+def _metric_table(verify: dict[str, Any]) -> list[str]:
+    """One verification set: each metric, its bound and whether it held."""
+    lines = ["| metric | value | bound | passed |", "|---|---|---|---|"]
+    bounds = {b["metric"]: b for b in verify.get("budget", [])}
+    for name, value in verify.get("metrics", {}).items():
+        bound = bounds.get(name)
+        lines.append(
+            f"| {name} | {_fmt(value)} | {_fmt(bound['bound']) if bound else '–'} | "
+            f"{bound['passed'] if bound else '–'} |"
+        )
+    return lines
+
+
+def _set_table(sets: dict[str, Any]) -> list[str]:
+    """Named verification sets side by side: each metric's bound, then its value on each set
+    (✗ where it misses the bound)."""
+    names = list(sets)
+    lines = [
+        "Sets: "
+        + ", ".join(
+            f"`{n}` ({s['source']}{', primary' if i == 0 else ''}, "
+            f"{'passed' if s['passed'] else 'FAILED'})"
+            for i, (n, s) in enumerate(sets.items())
+        )
+        + ".",
+        "",
+        f"| metric | bound | {' | '.join(names)} |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    bounds = {b["metric"]: b["bound"] for s in sets.values() for b in s["budget"]}
+    missed = {(n, b["metric"]) for n, s in sets.items() for b in s["budget"] if not b["passed"]}
+    metrics = dict.fromkeys(m for s in sets.values() for m in s["metrics"])
+    for metric in metrics:
+        cells = [
+            _fmt(sets[n]["metrics"].get(metric)) + (" ✗" if (n, metric) in missed else "")
+            for n in names
+        ]
+        lines.append(f"| {metric} | {_fmt(bounds.get(metric))} | {' | '.join(cells)} |")
+    return lines
 
 
 def _fmt(value: Any) -> str:

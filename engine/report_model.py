@@ -50,11 +50,25 @@ class CostliestStep(_Model):
     cosine_drop: float
 
 
-class Verification(_Model):
+class VerificationSet(_Model):
+    """One named verification set's figures (``[data.verification.<name>]``)."""
+
+    source: str = Field(description="the set's data source")
     metrics: dict[str, float]
     budget: list[BudgetEntry]
-    passed: bool
+    passed: bool = Field(description="the [verify] budget held on this set")
+
+
+class Verification(_Model):
+    metrics: dict[str, float] = Field(description="on the (primary) verification set")
+    budget: list[BudgetEntry] = Field(description="on the (primary) verification set")
+    passed: bool = Field(description="the budget held on every verification set")
     costliest_step: CostliestStep | None = None
+    sets: dict[str, VerificationSet] | None = Field(
+        default=None,
+        description="each named verification set, the primary one first (absent when the "
+        "recipe gives one unnamed set)",
+    )
 
 
 class ModelSize(_Model):

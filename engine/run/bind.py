@@ -68,12 +68,12 @@ def bind(recipe: Recipe, host: PluginHost) -> Plan:
         raise validation_error(
             exc, backend_class.Options, file=recipe.label, prefix="target.options."
         ) from None
-    for split in ("calibration", "finetune", "verification"):
-        data = getattr(recipe.data, split)
-        if data is not None and data.source not in host.datasets:
+    for key, data in recipe.data.splits().items():
+        if data.source not in host.datasets:
             raise RecipeError(
                 f"unknown dataset source {data.source!r}{host.datasets.suggestion(data.source)}",
                 file=recipe.label,
-                field=f"data.{split}.source",
+                field=f"{recipe.data.field(key)}.source",
+                fix="`optimize passes` lists every registered dataset source",
             )
     return Plan(passes, backend_class(options))

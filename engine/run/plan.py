@@ -54,9 +54,8 @@ KEY_VERSIONS = (
 
 def data_files(recipe: Recipe) -> list[Path]:
     files = []
-    for name in ("calibration", "finetune", "verification"):
-        split = getattr(recipe.data, name)
-        if split is not None and split.path is not None:
+    for split in recipe.data.splits().values():
+        if split.path is not None:
             path = recipe.resolve_path(split.path)
             if path.is_file():
                 files.append(path)
@@ -68,6 +67,7 @@ def fingerprint(recipe: Recipe, model_path: Path, hashes: HashCache) -> dict[str
     root = model_path if model_path.is_dir() else model_path.parent
     recipe_json = recipe.model_dump(mode="json")
     recipe_json["model"].pop("path", None)  # where the model is does not matter, what it is does
+    recipe_json.pop("search", None)  # what `optimize search` would vary is not this build
     plugins = list(md.entry_points(group=ENTRY_POINT_GROUP))
     return {
         "recipe": recipe_json,

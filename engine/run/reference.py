@@ -1,4 +1,4 @@
-"""Stage ``reference``: the original model's outputs on the verification set, by its task."""
+"""Stage ``reference``: the original model's outputs on each verification set, by its task."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from .state import RunState
 def stage(run: RunState) -> None:
     run.task = run.host.tasks.get(run.loaded.task, file=run.recipe.label, field="model.task")()
     runner = run.task.reference_runner(run.loaded)
-    run.reference = run_batches(runner, run.splits["verification"], run.output, "reference")
+    for name, key in run.recipe.data.verification_keys().items():
+        label = on_set("reference", name, run)
+        run.references[key] = run_batches(runner, run.splits[key], run.output, label)
+
+
+def on_set(what: str, name: str, run: RunState) -> str:
+    """``what`` on the verification set ``name``, named only where the recipe names its sets."""
+    return f"{what} on {name}" if isinstance(run.recipe.data.verification, dict) else what
 
 
 def run_batches(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..task import Task
     from .bind import Plan
     from .pass_cache import PassCache
-    from .verify import BudgetLine
+    from .verify import SetVerdict
 
 
 @dataclass
@@ -55,7 +55,8 @@ class RunState:
     splits: dict[str, list[Batch]] = field(default_factory=dict)
     # reference
     task: Task | None = None
-    reference: list[list[np.ndarray]] = field(default_factory=list)
+    #: the original model's outputs on each verification set, by its key in ``splits``
+    references: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)
     # capture, passes
     ir: ModelIR | None = None
     records: list[PassRecord] = field(default_factory=list)
@@ -63,14 +64,21 @@ class RunState:
     artifact: Artifact | None = None
     runner: Runner | None = None
     # verify
-    metrics: dict[str, float] = field(default_factory=dict)
-    budget: list[BudgetLine] = field(default_factory=list)
+    #: each verification set's figures and budget, by name, the primary set first
+    sets: dict[str, SetVerdict] = field(default_factory=dict)
     latency: dict[str, Any] | None = None
 
     @property
-    def passed(self) -> bool:
-        return all(line.passed for line in self.budget)
+    def reference(self) -> list[list[np.ndarray]]:
+        """The original model's outputs on the primary verification set."""
+        return self.references["verification"]
 
-    def masks(self) -> list[np.ndarray | None]:
-        """The task's mask of each verification batch (padding left out of the metrics)."""
-        return [self.task.mask(b) for b in self.splits["verification"]]
+    @property
+    def passed(self) -> bool:
+        """The budget held on every verification set."""
+        return all(s.passed for s in self.sets.values())
+
+    def masks(self, key: str = "verification") -> list[np.ndarray | None]:
+        """The task's mask of each batch of the verification set ``key`` (padding left out of
+        the metrics)."""
+        return [self.task.mask(b) for b in self.splits[key]]

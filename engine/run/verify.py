@@ -17,7 +17,7 @@ from ..recipe import VerifySection
 from ..specs import conform
 from ..task import Evidence, Task
 from ..timing import reference_vs_optimized
-from .reference import feeds, run_batches
+from .reference import feeds, on_set, run_batches
 from .state import RunState
 
 #: budget field -> (metric it bounds, True when the metric must be at least the bound)
@@ -109,29 +109,56 @@ def check_budget(metrics: dict[str, float], budget: VerifySection) -> list[Budge
     return lines
 
 
+@dataclass
+class SetVerdict:
+    """One verification set's metrics and the budget lines they meet or miss."""
+
+    metrics: dict[str, float]
+    budget: list[BudgetLine]
+
+    @property
+    def passed(self) -> bool:
+        return all(line.passed for line in self.budget)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "budget": [line.to_json() for line in self.budget],
+            "passed": self.passed,
+        }
+
+
 def stage(run: RunState) -> None:
-    """Stage ``verify``: the artifact's outputs against the reference, what the task judges
-    beyond them (a language model's perplexity and generation), the budget, latency."""
-    batches = run.splits["verification"]
+    """Stage ``verify``: on each verification set, the artifact's outputs against the
+    reference, what the task judges beyond them (a language model's perplexity and
+    generation) and the budget; then latency, on the primary set."""
+    for name, key in run.recipe.data.verification_keys().items():
+        run.sets[name] = verify_set(run, name, key)
+    if run.recipe.verify.latency:
+        with run.output.stage("timing the artifact against the original model"):
+            run.latency = latency(run)
+
+
+def verify_set(run: RunState, name: str, key: str) -> SetVerdict:
+    """The artifact on the verification set ``name`` (``key`` in ``run.splits``)."""
+    batches, reference = run.splits[key], run.references[key]
     conformed = [conform(b, run.ir.inputs) for b in batches]
-    candidate = run_batches(run.runner, conformed, run.output, "artifact")
-    run.metrics = compare(run.reference, candidate, run.masks(), run.task)
+    candidate = run_batches(run.runner, conformed, run.output, on_set("artifact", name, run))
+    metrics = compare(reference, candidate, run.masks(key), run.task)
     if type(run.task).judge is not Task.judge:  # the task has metrics of its own
         evidence = Evidence(
             batches,
-            run.reference,
+            reference,
             candidate,
             run.task.reference_runner(run.loaded),
             run.runner,
             run.recipe.verify,
             conformed,
         )
-        with run.output.stage(f"judging the artifact as a {run.task.name} model"):
-            run.metrics.update(run.task.judge(evidence))
-    run.budget = check_budget(run.metrics, run.recipe.verify)
-    if run.recipe.verify.latency:
-        with run.output.stage("timing the artifact against the original model"):
-            run.latency = latency(run)
+        what = on_set(f"judging the artifact as a {run.task.name} model", name, run)
+        with run.output.stage(what):
+            metrics.update(run.task.judge(evidence))
+    return SetVerdict(metrics, check_budget(metrics, run.recipe.verify))
 
 
 def latency(run: RunState) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def stage(run: RunState) -> Report:
 
 def build_report(run: RunState) -> Report:
     """The typed report of a finished run (``report.json`` is its dump)."""
-    ir, module = run.ir, run.loaded.module
+    ir, module, primary = run.ir, run.loaded.module, next(iter(run.sets.values()))
     tensors = [*module.parameters(), *module.buffers()]
     typed = RunReport(
         fxopt=_version(),
@@ -69,10 +69,10 @@ def build_report(run: RunState) -> Report:
         dims={k: v.model_dump() for k, v in run.loaded.dims.items()},
         passes=[r.to_json() for r in run.records],
         verify={
-            "metrics": run.metrics,
-            "budget": [line.to_json() for line in run.budget],
+            **primary.to_json(),
             "passed": run.passed,
-            "costliest_step": _costliest(run.records, run.metrics),
+            "costliest_step": _costliest(run.records, primary.metrics),
+            "sets": _sets(run),
         },
         model={
             "params_before": sum(p.numel() for p in module.parameters()),
@@ -86,7 +86,17 @@ def build_report(run: RunState) -> Report:
         artifacts=run.artifact.to_json(),
         seconds={k: round(v, 3) for k, v in run.seconds.items()},
     )
-    return Report(typed.model_dump(mode="json", exclude={"cache", "out_dir"}))
+    # one unnamed verification set: the report stays as it was before sets had names
+    plain = {"verify": {"sets"}} if typed.verify.sets is None else {}
+    return Report(typed.model_dump(mode="json", exclude={"cache": True, "out_dir": True, **plain}))
+
+
+def _sets(run: RunState) -> dict[str, Any] | None:
+    """Each named verification set's source, metrics and budget lines."""
+    named = run.recipe.data.verification
+    if not isinstance(named, dict):
+        return None
+    return {name: {"source": named[name].source, **v.to_json()} for name, v in run.sets.items()}
 
 
 def _costliest(records: list[PassRecord], final: dict[str, float]) -> dict[str, Any] | None:
@@ -106,20 +116,31 @@ def budget_error(report: Report, target: Path) -> BudgetError:
     goes to ``<out>.rejected``."""
     rejected = target.with_name(target.name + ".rejected")
     where = write_rejected(report, rejected)
-    misses = [b for b in report["verify"]["budget"] if not b["passed"]]
+    sets = report["verify"].get("sets") or {"": report["verify"]}
     detail = "; ".join(
-        f"{b['metric']} = {b['value']:.6f}, bound {b['field']} = {b['bound']}" for b in misses
+        (f"on {name}: " if name else "") + f"{b['metric']} = {_value(b['value'])}, bound "
+        f"{b['field']} = {b['bound']}"
+        for name, verdict in sets.items()
+        for b in verdict["budget"]
+        if not b["passed"]
     )
-    step = report["verify"]["costliest_step"]
+    step, (primary, first) = report["verify"]["costliest_step"], next(iter(sets.items()))
+    if primary and first["passed"]:  # the passes are measured on the primary set alone
+        cost = f"the primary set, {primary}, held and every pass is measured on it"
+    else:
+        cost = f"costliest step: {step['name']} (cosine -{step['cosine_drop']:.6f})"
     error = BudgetError(
-        f"fidelity budget missed: {detail}; costliest step: {step['name']} "
-        f"(cosine -{step['cosine_drop']:.6f}); nothing written to {target}, {where}",
+        f"fidelity budget missed: {detail}; {cost}; nothing written to {target}, {where}",
         file=report["recipe"],
         field="verify",
         fix="relax [verify] or change the passes that cost the most",
     )
     error.report = report
     return error
+
+
+def _value(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.6f}"
 
 
 def write_rejected(report: Report, rejected: Path) -> str:

@@ -43,6 +43,7 @@ class Finetune(Pass):
     name = "finetune"
     Config = FinetuneConfig
     needs_data = ("finetune",)
+    recovers = True  # distillation and fine-tuning win back what earlier passes cost
 
     def run(self, ir: ModelIR, ctx: PassContext) -> PassResult:
         config: FinetuneConfig = self.config  # type: ignore[assignment]

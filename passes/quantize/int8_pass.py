@@ -370,5 +370,5 @@ def _settings(config: Int8Config, ctx: PassContext) -> dict[str, Any]:
     settings: dict[str, Any] = {"config": config.model_dump(exclude={"cache"})}
     if config.accuracy_aware:
         settings["verify"] = ctx.recipe.verify.model_dump()
-        settings["verification"] = ctx.recipe.data.verification.model_dump()
+        settings["verification"] = ctx.recipe.data.splits()["verification"].model_dump()
     return settings

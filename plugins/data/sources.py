@@ -1,5 +1,7 @@
 """Built-in dataset sources: text lines, JSONL, ``.npz`` arrays, synthetic, stdlib docstrings
-and sentences, scikit-learn's 8x8 digits.
+and sentences, scikit-learn's 8x8 digits (and, in :mod:`.text_domains`, more kinds of
+English text: the Python reference, torch's and NumPy's docstrings, package descriptions, a
+mix of them).
 
 Text is tokenized with the model's own tokenizer at the split's ``sequence_length``. Records
 are deduplicated before slicing, so disjoint slices really are disjoint.
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from fxopt.engine import hookimpl
-from fxopt.engine.data import DataContext, Dataset, Sample, sample_key
+from fxopt.engine.data import SPLIT_ORDER, DataContext, Dataset, Sample, sample_key
 from fxopt.engine.errors import DataError
 from fxopt.engine.recipe import DataSplit
 from fxopt.engine.synthetic import synthetic_inputs
@@ -474,7 +476,10 @@ class Synthetic(Dataset):
         if "sequence" in sizes:
             sizes["sequence"] = ctx.sequence_length(split)
         sizes["batch"] = 1
-        seed = split.seed * 1000 + ("calibration", "finetune", "verification").index(ctx.split_name)
+        kind, _, named = ctx.split_name.partition(".")
+        seed = split.seed * 1000 + SPLIT_ORDER.index(kind)
+        if named:  # a verification set besides the primary one: a seed of its own
+            seed = int(sample_key((seed, named)), 16)
         generator = torch.Generator().manual_seed(seed)
         out = []
         for _ in range(count):
@@ -500,11 +505,14 @@ def _read_text(path: Path, ctx: DataContext) -> str:
 
 @hookimpl
 def fxopt_register_datasets(registry) -> None:
+    from .text_domains import SOURCES as TEXT_DOMAINS  # it builds on this module's sources
+
     for source in (
         TextLines,
         JsonLines,
         StdlibDocstrings,
         StdlibSentences,
+        *TEXT_DOMAINS,
         NpzArrays,
         Digits,
         Synthetic,

@@ -10,13 +10,12 @@ limit and optimization level, reuses the timing cache file, and returns the seri
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fxopt.engine.errors import FxoptError
+from fxopt.store.atomic import write_atomic
 
 from .profiles import Profile, profiles_to_json
 
@@ -91,7 +90,7 @@ def build_engine(trt: Any, onnx_path: Path, spec: BuildSpec, logger: Any = None)
             fix="a larger target.options.workspace_mib, or a lower optimization_level",
         )
     if spec.timing_cache is not None:
-        _write_atomic(spec.timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_atomic(spec.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
@@ -111,12 +110,3 @@ def _read_cache(path: Path | None) -> bytes:
     if path is not None and path.is_file():
         return path.read_bytes()
     return b""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace the cache file in one rename, so parallel builds never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)

@@ -68,7 +68,8 @@ def check_prepared(prepared: Prepared) -> CompatReport:
     )
     runs = [
         {name: tuple(batch[name].shape) for name in prepared.ir.input_names}
-        for batch in prepared.splits.get("verification", [])
+        for key in prepared.recipe.data.verification_keys().values()
+        for batch in prepared.splits.get(key, [])
     ]
     with tempfile.TemporaryDirectory(prefix="fxopt-check-") as tmp:
         path = Path(tmp) / "model.onnx"

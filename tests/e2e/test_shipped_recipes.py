@@ -52,8 +52,8 @@ def pass_metrics(report: dict, name: str) -> dict:
     return next(p for p in report["passes"] if p["name"] == name)["metrics"]
 
 
-def test_there_are_eight_recipes_three_of_them_digits():
-    assert len(RECIPES) == 8
+def test_there_are_nine_recipes_three_of_them_digits():
+    assert len(RECIPES) == 9
     assert [r.name for r in DIGITS] == [
         "digits-adversarial.toml",
         "digits-cnn-int8.toml",
@@ -65,7 +65,12 @@ def test_there_are_eight_recipes_three_of_them_digits():
 def test_every_recipe_validates(capsys, recipe):
     result = run_cli(capsys, "validate", recipe)
     assert result.code == 0, result.err
-    assert re.search(rf"{re.escape(recipe.name)}: ok \(.+ → \w+\)", " ".join(result.err.split()))
+    err = " ".join(result.err.split())
+    assert re.search(
+        rf"{re.escape(recipe.name)}: ok \(.+ → \w+(; search space: \d+ candidates)?\)", err
+    )
+    if recipe.name == "minilm-compact-int8.toml":  # the one recipe with a [search] table
+        assert "search space: 12 candidates" in err
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -74,10 +79,7 @@ def test_no_recipe_needs_a_file_written_first(recipe):
     built-in one, and its data come from built-in sources (no ``path``)."""
     parsed = load_recipe(recipe)
     assert parsed.model.path.startswith(("pkg:", "builtin:")), parsed.model.path
-    data = parsed.data
-    named = {
-        n: s.path for n in ("calibration", "finetune", "verification") if (s := getattr(data, n))
-    }
+    named = {key: split.path for key, split in parsed.data.splits().items()}
     assert named and set(named.values()) == {None}, named
     header = recipe.read_text(encoding="utf-8").split("schema_version")[0]
     assert "examples/digits" not in header and "--corpus-only" not in header
@@ -317,14 +319,17 @@ def test_minilm_prune_data_are_disjoint_and_complete(host):
         host.datasets,
         lambda split: DataContext(SENTENCE_SPECS, dims, tokenize, recipe, split),
     )
-    assert recipe.data.finetune.source == "stdlib-sentences"
+    assert recipe.data.finetune.source == "text-mix"
+    sources = {name: split.source for name, split in recipe.data.verification.items()}
+    assert sources == {"docstrings": "stdlib-docstrings", "readmes": "package-readmes"}
     assert {k: sum(len(b["input_ids"]) for b in v) for k, v in splits.items()} == {
         "calibration": 128,
-        "finetune": 5216,
+        "finetune": 9600,
         "verification": 256,
+        "verification.readmes": 256,
     }
     finetune, held_out = set(texts[48]), set(texts[128])
-    assert len(finetune) == 5216 and len(held_out) == 384 and not finetune & held_out
+    assert len(finetune) == 9600 and len(held_out) == 640 and not finetune & held_out
     # sentences, not paragraphs: most are short, and none is a held-out paragraph's sentence
     lengths = sorted(len(t) for t in finetune)
     assert lengths[len(lengths) // 2] < 120

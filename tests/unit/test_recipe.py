@@ -117,6 +117,7 @@ def _tables(model: type[BaseModel], seen: dict[type[BaseModel], None] | None = N
 
 MINIMAL = {"DimRange": {"min": 1, "max": 2}, "InputDecl": {"shape": ["batch"]}}
 MINIMAL["DataSplit"] = {"source": "synthetic"}
+MINIMAL["SearchSection"] = {"space": {"target.backend": ["onnxruntime"]}}
 
 
 def test_booleans_refused_for_every_number_field():
@@ -132,6 +133,7 @@ def test_booleans_refused_for_every_number_field():
     # the walk reaches every table: a new numeric field is covered without editing this test
     assert {"DataSplit.batch_size", "DimRange.opt", "VerifySection.min_cosine"} <= set(checked)
     assert {"Recipe.schema_version", "InputDecl.low", "VerifySection.latency_iters"} <= set(checked)
+    assert {"SearchSection.max_size_mb", "SearchSection.max_candidates"} <= set(checked)
     assert parse_recipe({"verify": {"latency": False}}).verify.latency is False  # a real bool
 
 

@@ -1,0 +1,49 @@
+"""Which candidates matter: the Pareto frontier, the winner, and the closest miss.
+
+The frontier is over latency (lower is better), fidelity (the mean cosine against the
+original model, higher) and size (lower): a candidate is on it unless another one is at least
+as good on all three and better on one. It includes candidates that missed the budget, so the
+user sees what a looser budget would buy.
+"""
+
+from __future__ import annotations
+
+from .evaluate import DROPPED, OVER_BUDGET, PASSED, TOO_LARGE, Outcome
+
+
+def _point(o: Outcome) -> tuple[float, float, float] | None:
+    if o.latency_ms is None or o.cosine_mean is None or o.size_bytes is None:
+        return None
+    return (o.latency_ms, -o.cosine_mean, float(o.size_bytes))
+
+
+def frontier(outcomes: list[Outcome]) -> list[Outcome]:
+    """The candidates no other candidate dominates, fastest first."""
+    points = [(o, p) for o in outcomes if (p := _point(o)) is not None]
+    front = [
+        o
+        for o, p in points
+        if not any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for _, q in points)
+    ]
+    return sorted(front, key=lambda o: o.latency_ms or 0.0)
+
+
+def winner(outcomes: list[Outcome], objective: str) -> Outcome | None:
+    """The fastest (or smallest) candidate that passed, the better cosine breaking ties."""
+    passed = [o for o in outcomes if o.status == PASSED]
+    if not passed:
+        return None
+
+    def key(o: Outcome) -> tuple[float, float]:
+        first = o.latency_ms if objective == "latency" else o.size_bytes
+        return (float("inf") if first is None else float(first), -(o.cosine_mean or -1.0))
+
+    return min(passed, key=key)
+
+
+def closest(outcomes: list[Outcome]) -> Outcome | None:
+    """The candidate nearest to qualifying: fewest budget misses, then the best cosine."""
+    near = [o for o in outcomes if o.status in (OVER_BUDGET, TOO_LARGE, DROPPED)]
+    if not near:
+        return None
+    return min(near, key=lambda o: (len(o.misses), -(o.cosine_mean or -1.0)))

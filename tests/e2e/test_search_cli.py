@@ -1,0 +1,204 @@
+"""``optimize search`` end to end on a small random BERT: candidates, drops, the winner,
+an interrupt and ``--resume``, and a search nothing survives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fxopt.engine.toml_compat import tomllib
+from tests.cli import assert_clean_failure, run_cli
+from tests.conftest import TINY_PASSES, tiny_recipe_dict, write_recipe
+
+#: ffn 0.05 moves the outputs by rel-L2 ~0.002, ffn 0.9 by ~0.011: a bound of 0.005 drops
+#: the second at its prune pass (nothing after it can recover), before it is lowered
+SPACE = {
+    "passes.prune.structured.ffn": [0.05, 0.9],
+    "passes.cleanup.constant_fold.max_bytes": [1024, 4096],
+}
+
+
+def search_recipe(tmp_path, *, max_rel_l2: float = 0.005, **search: object):
+    passes = [
+        *TINY_PASSES,
+        {"name": "prune.structured", "config": {"ffn": 0.05}},
+        {"name": "cleanup.constant_fold"},
+    ]
+    recipe = tiny_recipe_dict(
+        passes=passes,
+        verify={"min_cosine": 0.9, "max_rel_l2": max_rel_l2},
+        search={"space": SPACE, **search},
+    )
+    # two verification sets: a candidate must meet the budget on both
+    docstrings = recipe["data"]["verification"]
+    reference = {**docstrings, "source": "python-reference"}
+    recipe["data"]["verification"] = {"docstrings": docstrings, "reference": reference}
+    return write_recipe(tmp_path, recipe)
+
+
+def test_search_finds_the_winner_drops_and_skips_and_resumes_after_an_interrupt(
+    capsys, tmp_path, tiny_bert_dir, monkeypatch
+):
+    from fxopt.search import driver
+
+    recipe = search_recipe(tmp_path)
+    out = tmp_path / "search"
+    real = driver.evaluate
+    calls = []
+
+    def interrupted_second(candidate, *args):
+        calls.append(candidate.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(candidate, *args)
+
+    monkeypatch.setattr(driver, "evaluate", interrupted_second)
+    first = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out)
+    assert first.code == 130, first.err
+    assert "the finished candidates are kept" in first.err and "--resume" in first.err
+    kept = json.loads((out / "search.json").read_text())
+    assert [c["id"] for c in kept["candidates"]] == ["c1"]
+    assert not kept["finished"]
+
+    monkeypatch.setattr(driver, "evaluate", real)
+    again = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out)
+    assert_clean_failure(again, 2, "holds an earlier search", "--resume")
+
+    second = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out, "--resume", "--json")
+    assert second.code == 0, second.err
+    state = json.loads(second.out)
+    assert state == json.loads((out / "search.json").read_text())
+    by_id = {c["id"]: c for c in state["candidates"]}
+    assert [c["status"] for c in state["candidates"]] == ["passed", "passed", "dropped", "skipped"]
+    # c3 stopped at its prune pass, over the rel-L2 bound, and was never lowered
+    assert by_id["c3"]["message"] == "passes[2] prune.structured"
+    assert "rel_l2" in by_id["c3"]["misses"][0]
+    assert not (out / "candidates" / "c3").exists()
+    assert "c3" in by_id["c4"]["message"]
+    assert state["finished"] and state["winner"] in ("c1", "c2")
+    winner = by_id[state["winner"]]
+    assert winner["latency_ms"] > 0 and winner["cosine_mean"] > 0.9
+    assert set(winner["sets"]) == {"docstrings", "reference"}
+    weakest = min(s["cosine_mean"] for s in winner["sets"].values())
+    assert winner["cosine_mean"] == weakest
+    assert winner["size_from"] == "artifact" and winner["size_bytes"] > 0
+    assert set(state["frontier"]) <= {"c1", "c2"}
+    # the winner: a normal output directory and the recipe that makes it
+    report = json.loads((out / "winner" / "report.json").read_text())
+    assert report["passed"]
+    concrete = tomllib.loads((out / "winner.toml").read_text())
+    assert "search" not in concrete
+    passes = {p["name"]: p.get("config", {}) for p in concrete["passes"]}
+    assert passes["prune.structured"]["ffn"] == winner["values"]["passes.prune.structured.ffn"]
+    markdown = (out / "search.md").read_text()
+    assert "| c3 |" in markdown and "dropped" in markdown and "frontier.svg" in markdown
+    svg = (out / "frontier.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<circle") >= 3  # 2 timed dots + the ring
+
+    # the recipe changed: its results would not compare with the earlier ones
+    search_recipe(tmp_path, max_rel_l2=0.004)
+    changed = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out, "--resume")
+    assert_clean_failure(changed, 2, "changed since the search", "--force")
+
+
+def test_no_candidate_within_the_budget_exits_3_and_still_writes_the_table(
+    capsys, tmp_path, tiny_bert_dir
+):
+    recipe = search_recipe(tmp_path, max_rel_l2=1e-9)
+    out = tmp_path / "search"
+    result = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out)
+    assert_clean_failure(result, 3, "no candidate met the budget", "closest: c1")
+    state = json.loads((out / "search.json").read_text())
+    statuses = [c["status"] for c in state["candidates"]]
+    assert statuses == ["dropped", "skipped", "dropped", "skipped"]
+    assert state["winner"] is None and state["closest"] == "c1"
+    assert not (out / "winner").exists() and not (out / "winner.toml").exists()
+    assert "no candidate met the budget" in (out / "search.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("search", "needles"),
+    [
+        (
+            {"space": {"passes.prune.structured.fnn": [0.1]}},
+            ["pass 'prune.structured' has no config key 'fnn'; did you mean 'ffn'?", "ratio"],
+        ),
+        (
+            {"space": {"passes.quantize.int8.observer": ["mse"]}},
+            ["names no pass of the recipe", "prune.structured"],
+        ),
+        ({"space": {"verify.min_cosine": [0.9]}}, ["names no value a search can vary"]),
+        (
+            {"space": {"passes[9].ffn": [0.1]}},
+            ["passes[9] does not exist", "use an index from 0 to 3"],
+        ),
+        (
+            {"space": {"passes.prune.structured.ffn": [0.1, 1.5]}},
+            ["the candidate passes.prune.structured.ffn = 1.5", "less than 1"],
+        ),
+        (
+            {"space": {"passes.prune.structured.ffn": [0.1, 0.2, 0.3]}, "max_candidates": 2},
+            ["makes 3 candidates, more than the limit of 2", "--max-candidates 3"],
+        ),
+        ({"space": {"passes.prune.structured.ffn": []}}, ["lists no values"]),
+    ],
+)
+def test_bad_search_spaces_are_refused_before_any_work(
+    capsys, tmp_path, tiny_bert_dir, search, needles
+):
+    passes = [*TINY_PASSES, {"name": "prune.structured", "config": {"ffn": 0.05}}]
+    passes.append({"name": "cleanup.constant_fold"})
+    recipe = write_recipe(tmp_path, tiny_recipe_dict(passes=passes, search=search))
+    result = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", tmp_path / "s")
+    assert_clean_failure(result, 2, "recipe.toml", *needles)
+    assert not (tmp_path / "s").exists()
+
+
+def test_max_candidates_flag_allows_a_larger_space(capsys, tmp_path, tiny_bert_dir):
+    recipe = search_recipe(tmp_path, max_candidates=2)
+    refused = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", tmp_path / "s")
+    assert_clean_failure(refused, 2, "more than the limit of 2")
+    # allowed, it gets as far as the output check: an existing foreign directory is refused
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "mine.txt").write_text("keep me")
+    allowed = run_cli(
+        capsys, "search", recipe, tiny_bert_dir, "-o", tmp_path / "s", "--max-candidates", "4"
+    )
+    assert_clean_failure(allowed, 2, "not a search directory fxopt wrote")
+    assert (tmp_path / "s" / "mine.txt").read_text() == "keep me"
+    forced = run_cli(
+        capsys,
+        "search",
+        recipe,
+        tiny_bert_dir,
+        "-o",
+        tmp_path / "s",
+        "--max-candidates",
+        "4",
+        "--force",
+    )
+    assert_clean_failure(forced, 2, "not a search directory fxopt wrote")
+    assert (tmp_path / "s" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_recipe_without_a_search_table_is_refused(capsys, tmp_path, tiny_bert_dir):
+    recipe = write_recipe(tmp_path, tiny_recipe_dict())
+    result = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", tmp_path / "s")
+    assert_clean_failure(result, 2, "recipe.toml", "no [search] table", "[search.space]")
+
+
+def test_a_plain_run_ignores_the_search_table(capsys, tmp_path, tiny_bert_dir):
+    recipe = search_recipe(tmp_path)
+    result = run_cli(capsys, recipe, tiny_bert_dir, "-o", tmp_path / "out", "--json")
+    assert result.code == 0, result.err
+    assert "search" not in json.loads(result.out)["target"]
+
+
+def test_validate_checks_the_search_space_too(capsys, tmp_path):
+    recipe = search_recipe(tmp_path)
+    result = run_cli(capsys, "validate", recipe)
+    assert result.code == 0, result.err
+    assert "search space: 4 candidates" in result.err
+    bad = search_recipe(tmp_path, space={"passes.prune.structured.ffn": [2.0]})
+    assert_clean_failure(run_cli(capsys, "validate", bad), 2, "ffn = 2.0", "less than 1")

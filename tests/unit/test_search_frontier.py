@@ -1,0 +1,66 @@
+"""The frontier, the winner and the closest miss of a search, and what it writes."""
+
+from __future__ import annotations
+
+from fxopt.search.evaluate import DROPPED, OVER_BUDGET, PASSED, Outcome
+from fxopt.search.frontier import closest, frontier, winner
+from fxopt.search.results import SearchState, load_state, markdown, svg
+
+
+def outcome(id_, status, ms, cosine, size, misses=()):
+    return Outcome(
+        id_,
+        {"passes.prune.structured.ffn": 0.1},
+        status,
+        latency_ms=ms,
+        reference_ms=10.0,
+        cosine_mean=cosine,
+        cosine_min=cosine,
+        size_bytes=size,
+        misses=list(misses),
+    )
+
+
+OUTCOMES = [
+    outcome("c1", PASSED, 5.0, 0.99, 100),
+    outcome("c2", PASSED, 4.0, 0.98, 100),  # faster, less faithful: both on the frontier
+    outcome("c3", PASSED, 6.0, 0.98, 100),  # slower and no better than c1: dominated
+    outcome("c4", OVER_BUDGET, 3.0, 0.90, 100, ["cosine_mean 0.9 against min_cosine = 0.95"]),
+    outcome("c5", DROPPED, None, 0.80, None, ["a", "b"]),  # not timed: not on the frontier
+]
+
+
+def test_frontier_keeps_what_nothing_dominates_fastest_first():
+    assert [o.id for o in frontier(OUTCOMES)] == ["c4", "c2", "c1"]
+
+
+def test_winner_is_the_fastest_that_passed_or_the_smallest():
+    assert winner(OUTCOMES, "latency").id == "c2"
+    smaller = [*OUTCOMES, outcome("c6", PASSED, 9.0, 0.97, 50)]
+    assert winner(smaller, "size").id == "c6"
+    # a tie on the objective goes to the better cosine
+    tied = [outcome("a", PASSED, 4.0, 0.97, 1), outcome("b", PASSED, 4.0, 0.99, 1)]
+    assert winner(tied, "latency").id == "b"
+    assert winner([o for o in OUTCOMES if o.status != PASSED], "latency") is None
+
+
+def test_closest_has_the_fewest_misses():
+    assert closest(OUTCOMES).id == "c4"
+    assert closest([o for o in OUTCOMES if o.status == PASSED]) is None
+
+
+def test_the_state_round_trips_and_renders(tmp_path):
+    state = SearchState("r.toml", "m", "f", "latency", {"k": [1]}, 5, list(OUTCOMES))
+    state.frontier, state.winner, state.seconds = ["c4", "c2", "c1"], "c2", 10.0
+    for o in state.outcomes:
+        o.alone_seconds = 4.0
+    state.save(tmp_path)
+    again = load_state(tmp_path)
+    assert again.to_json() == state.to_json()
+    text = markdown(again)
+    assert "winner: **c2** (ffn=0.1)" in text
+    assert "search 10 s; the same candidates run one by one: 20 s" in text and "saved 50%" in text
+    assert "| c5 |" in text and "dropped: a; b" in text
+    picture = svg(again, 0.95)
+    assert picture.count("<circle") == 5  # four timed candidates and the winner's ring
+    assert 'stroke-dasharray="4 3"' in picture  # the budget's cosine
