@@ -430,6 +430,14 @@ class SearchSection(Strict):
     max_size_mb: float | None = Field(
         default=None, gt=0, description="an artifact larger than this many MB does not qualify"
     )
+    latency_tie: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="latencies within this fraction of the fastest qualifying one count as "
+        "equal, and the best cosine among them wins: a median of a few dozen timed runs moves "
+        "by a few percent between candidates that compute the same thing",
+    )
     max_candidates: Annotated[
         int, _at_most(MAX_SAMPLES, "narrow the search space, or search it in parts")
     ] = Field(default=64, ge=1, description="refuse larger spaces (--max-candidates overrides)")
@@ -439,9 +447,7 @@ class SearchSection(Strict):
     def _values(cls, space: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in space.items():
             if not values:
-                raise problem(
-                    f"{key!r} lists no values", f"give {key!r} at least one value to try"
-                )
+                raise problem(f"{key!r} lists no values", f"give {key!r} at least one value to try")
         return space
 
 

@@ -236,10 +236,13 @@ def _recipe_data(recipe: Recipe) -> dict:
 
 
 def _fingerprint(recipe: Recipe, model_path: Path) -> str:
-    text = json.dumps(
-        {"recipe": recipe.model_dump(mode="json"), "model": str(model_path.resolve())},
-        sort_keys=True,
-    )
+    """What the candidates' results depend on: the recipe and the model, but not how the
+    winner is ranked (``objective``, ``latency_tie``), so a finished search can be resumed
+    with another ranking and re-ranks without running anything again."""
+    data = recipe.model_dump(mode="json")
+    for ranking in ("objective", "latency_tie"):
+        data["search"].pop(ranking, None)
+    text = json.dumps({"recipe": data, "model": str(model_path.resolve())}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -269,6 +272,8 @@ def _claim(
             )
         output.step(f"resuming: {len(earlier.outcomes)} of {earlier.total} candidates done")
         earlier.finished = False
+        earlier.objective = recipe.search.objective  # type: ignore[union-attr]
+        earlier.latency_tie = recipe.search.latency_tie  # type: ignore[union-attr]
         return earlier
     if out.exists():
         names = {p.name for p in out.iterdir()} if out.is_dir() else {"?"}
@@ -294,6 +299,7 @@ def _claim(
         objective=recipe.search.objective,
         space=recipe.search.space,
         total=total,
+        latency_tie=recipe.search.latency_tie,
     )
 
 
@@ -307,7 +313,7 @@ def _limit_size(outcome: Outcome, recipe: Recipe) -> None:
 
 def _summarize(state: SearchState, recipe: Recipe, out: Path) -> None:
     state.frontier = [o.id for o in frontier.frontier(state.outcomes)]
-    best = frontier.winner(state.outcomes, state.objective)
+    best = frontier.winner(state.outcomes, state.objective, state.latency_tie)
     state.winner = best.id if best else None
     near = frontier.closest(state.outcomes)
     state.closest = near.id if near else None

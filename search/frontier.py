@@ -28,17 +28,25 @@ def frontier(outcomes: list[Outcome]) -> list[Outcome]:
     return sorted(front, key=lambda o: o.latency_ms or 0.0)
 
 
-def winner(outcomes: list[Outcome], objective: str) -> Outcome | None:
-    """The fastest (or smallest) candidate that passed, the better cosine breaking ties."""
+def winner(outcomes: list[Outcome], objective: str, latency_tie: float = 0.0) -> Outcome | None:
+    """The fastest (or smallest) candidate that passed, the better cosine breaking ties.
+
+    With ``objective = "latency"``, every passing candidate within ``latency_tie`` (a
+    fraction) of the fastest one is a tie, and the best cosine among them wins: medians of
+    a few dozen timed runs differ by a few percent between candidates doing the same work, and
+    a search that crowned the lucky draw would trade fidelity for noise."""
     passed = [o for o in outcomes if o.status == PASSED]
     if not passed:
         return None
 
-    def key(o: Outcome) -> tuple[float, float]:
+    def measure(o: Outcome) -> float:
         first = o.latency_ms if objective == "latency" else o.size_bytes
-        return (float("inf") if first is None else float(first), -(o.cosine_mean or -1.0))
+        return float("inf") if first is None else float(first)
 
-    return min(passed, key=key)
+    best = min(measure(o) for o in passed)
+    bound = best * (1.0 + latency_tie) if objective == "latency" else best
+    tied = [o for o in passed if measure(o) <= bound]
+    return min(tied, key=lambda o: (-(o.cosine_mean or -1.0), measure(o)))
 
 
 def closest(outcomes: list[Outcome]) -> Outcome | None:

@@ -37,6 +37,8 @@ class SearchState:
     closest: str | None = None
     seconds: float = 0.0
     finished: bool = False
+    #: the ``[search] latency_tie`` the winner was chosen with
+    latency_tie: float = 0.0
 
     @property
     def alone_seconds(self) -> float:
@@ -79,6 +81,11 @@ def markdown(state: SearchState) -> str:
     ]
     if state.winner:
         lines.append(f"- winner: **{state.winner}** ({values_text(by_id[state.winner])})")
+        if state.objective == "latency" and state.latency_tie:
+            lines.append(
+                f"  - the best cosine among the qualifying candidates within "
+                f"{state.latency_tie:.0%} of the fastest latency (`latency_tie`)"
+            )
     elif state.finished:
         closest = f"; closest: {state.closest}" if state.closest else ""
         lines.append(f"- no candidate met the budget{closest}")

