@@ -24,7 +24,10 @@ from fxopt.engine.pass_base import PassConfig
 
 from .group import KINDS
 
-_RATIO = "share of the units removed from every {} group, in (0, 1)"
+_RATIO = (
+    "share of the units removed from every {} group, in [0, 1); 0 leaves them alone (over "
+    "`ratio`, or as one value of a search space)"
+)
 #: kinds `ratio` does not imply: a hidden width changes normalization statistics, and a
 #: key/value head takes a whole group of query heads with it
 EXPLICIT_ONLY = ("hidden", "kv_heads")
@@ -38,22 +41,22 @@ class PruneConfig(PassConfig):
         description="share removed from every ffn, heads and conv group (the per-kind keys "
         "override it); hidden widths are pruned only when `hidden` is set",
     )
-    ffn: float | None = Field(default=None, gt=0, lt=1, description=_RATIO.format("FFN-neuron"))
+    ffn: float | None = Field(default=None, ge=0, lt=1, description=_RATIO.format("FFN-neuron"))
     heads: float | None = Field(
-        default=None, gt=0, lt=1, description=_RATIO.format("attention-head")
+        default=None, ge=0, lt=1, description=_RATIO.format("attention-head")
     )
     kv_heads: float | None = Field(
         default=None,
-        gt=0,
+        ge=0,
         lt=1,
         description="grouped-query attention: share of the key/value heads removed, each "
         "with the query heads that share it (whole groups; `heads` removes query heads "
         "evenly within every group); never implied by `ratio`",
     )
-    conv: float | None = Field(default=None, gt=0, lt=1, description=_RATIO.format("conv-channel"))
+    conv: float | None = Field(default=None, ge=0, lt=1, description=_RATIO.format("conv-channel"))
     hidden: float | None = Field(
         default=None,
-        gt=0,
+        ge=0,
         lt=1,
         description="share of a hidden width (residual stream, spanned by LayerNorm or an "
         "embedding) removed; changes normalization statistics, so never implied by `ratio`",
@@ -92,12 +95,12 @@ class PruneConfig(PassConfig):
         return self
 
     def ratios(self) -> dict[str, float]:
-        """The ratio of each kind of group that is pruned."""
+        """The ratio of each kind of group that is pruned (a kind set to 0 is not)."""
         out = {}
         for kind in KINDS:
             value = getattr(self, kind)
             if value is None and kind not in EXPLICIT_ONLY:
                 value = self.ratio
-            if value is not None:
+            if value:
                 out[kind] = value
         return out

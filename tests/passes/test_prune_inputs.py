@@ -63,6 +63,19 @@ def test_ratio_outside_zero_one_is_refused_at_bind_time(host, value, message):
     assert message in info.value.message
 
 
+def test_a_kind_set_to_zero_is_left_alone():
+    """0 turns one kind off, over `ratio` or as a value of a search space
+    ("passes.prune.structured.heads" = [0.0, 0.25])."""
+    assert PruneConfig(ratio=0.5, heads=0).ratios() == {"ffn": 0.5, "conv": 0.5}
+    _, ir = bert_ir()
+    result, _ = run(ir, ffn=0.5, heads=0.0)
+    assert result.metrics["pruned"] == {"ffn": "1 groups: 128 -> 64"}  # no "heads" entry
+    with pytest.raises(ValueError, match="no ratio given"):
+        PruneConfig(ffn=0, heads=0)
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        PruneConfig(heads=-0.25)
+
+
 def test_a_recipe_without_any_ratio_is_refused(host):
     recipe = parse_recipe({"passes": [{"name": "prune.structured", "config": {"round_to": 8}}]})
     with pytest.raises(RecipeError, match="no ratio given: set `ratio`, or one of `ffn`"):
