@@ -1,10 +1,12 @@
 """Per-pass results cache: the IR after each expensive pass, keyed by everything before it.
 
 The key of pass *i* hashes the model, data, plugin and version fingerprint of the build cache,
-the recipe's model/data/target/verify sections, and the names and configs of passes 0..i. A
-rerun that changes only a later pass (or only the lowering) resumes from the deepest cached
-result instead of recalibrating or retraining. Only passes that took at least
-``MIN_SECONDS`` are stored: re-running a cheap pass is faster than saving and loading a graph.
+the recipe's model/data/target sections, of ``[verify]`` only what a pass record holds (the
+per-pass numerics' sample count: the budget's bounds judge records, they do not make them),
+and the names and configs of passes 0..i. A rerun that changes only a later pass, the lowering
+or the budget resumes from the deepest cached result instead of recalibrating or retraining.
+Only passes that took at least ``MIN_SECONDS`` are stored: re-running a cheap pass is faster
+than saving and loading a graph.
 
 The graph is stored as a ``torch.export`` archive. Custom ``node.meta`` entries do not survive
 the round trip, so a pass must not rely on another pass's metadata across a cache boundary;
@@ -32,13 +34,17 @@ from ..instruments import Instrument, PassRecord
 from ..ir import ModelIR
 
 MIN_SECONDS = 1.0
+#: the ``[verify]`` keys a cached pass record depends on (its numerics are measured on this
+#: many verification samples); the rest judge or time the final artifact
+RECORD_VERIFY_KEYS = ("pass_samples",)
 
 
 def prefix_keys(components: dict[str, Any]) -> list[str]:
     """One key per pass: the inputs plus the recipe up to and including that pass."""
     recipe = components["recipe"]
     base = {k: v for k, v in components.items() if k != "recipe"}
-    base["recipe"] = {k: v for k, v in recipe.items() if k != "passes"}
+    base["recipe"] = {k: v for k, v in recipe.items() if k not in ("passes", "verify")}
+    base["recipe"]["verify"] = {k: recipe.get("verify", {}).get(k) for k in RECORD_VERIFY_KEYS}
     keys, passes = [], []
     for spec in recipe["passes"]:
         passes.append(spec)
