@@ -114,7 +114,7 @@ class DropOverBudget(Instrument):
         if any(self.recovers[index + 1 :]):
             return
         misses = [
-            f"{line.metric} {line.value:.4g} against {line.field} = {line.bound:g}"
+            miss(line.metric, line.value, line.field, line.bound)
             for line in check_budget(record.numerics, self.recipe.verify)
             if line.value is not None and not line.passed
         ]
@@ -144,8 +144,18 @@ class PassLedger:
         return None
 
 
+def miss(metric: str, value: float | None, field: str, bound: float) -> str:
+    """One missed budget line, as the table and search.json show it (a pass's numerics and a
+    run's final verification alike)."""
+    if value is None:
+        return f"{metric} not measured ({field})"
+    return f"{metric} {value:.4g} against {field} = {bound:g}"
+
+
 def prefix(recipe: Recipe, index: int) -> str:
-    """The recipe up to pass ``index``: what the pass cache keys that pass's result by."""
+    """The recipe up to pass ``index``, budget included: within one search (one model, one
+    data set) it names a pass result the way the pass cache's key does, and a prefix dropped
+    under this budget."""
     data = recipe.model_dump(mode="json", exclude={"search"})
     data["passes"] = data["passes"][: index + 1]
     return json.dumps(data, sort_keys=True)
@@ -221,12 +231,7 @@ def _read_report(outcome: Outcome, report: Report, written: Path | None) -> None
         values = [s["metrics"][key] for s in sets.values() if key in s["metrics"]]
         setattr(outcome, key, min(values) if values else None)
     outcome.misses = [
-        (f"{name}: " if name else "")
-        + (
-            f"{b['metric']} {b['value']:.4g} against {b['field']} = {b['bound']:g}"
-            if b["value"] is not None
-            else f"{b['metric']} not measured ({b['field']})"
-        )
+        (f"{name}: " if name else "") + miss(b["metric"], b["value"], b["field"], b["bound"])
         for name, s in sets.items()
         for b in s["budget"]
         if not b["passed"]
