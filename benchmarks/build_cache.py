@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fxopt.engine.toml_compat import tomllib
+from fxopt.run.toml_compat import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZE = [sys.executable, "-m", "fxopt.cli.app"]

@@ -34,15 +34,16 @@ from peers import interleaved
 
 from fxopt.cli.outputs import read_report
 from fxopt.engine.backend import Artifact
-from fxopt.engine.data import DataContext, build_splits
+from fxopt.engine.data import DataContext
 from fxopt.engine.loading import LoadOptions
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import DataSplit, load_recipe
-from fxopt.engine.run.capture import capture
-from fxopt.engine.run.load import load_model
 from fxopt.plugins.onnx.export import export_onnx
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
 from fxopt.plugins.torch.backend import TorchOptions, TorchRunner
+from fxopt.run.capture import capture
+from fxopt.run.load import load_model
+from fxopt.run.recipe import DataSplit, load_recipe
+from fxopt.run.splits import build_splits
 
 OURS, EAGER = "ours, ORT", "torch eager fp32"
 DYNQ = ("ORT quantize_dynamic", "torch quantize_dynamic")

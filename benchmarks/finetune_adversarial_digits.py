@@ -22,7 +22,7 @@ import torch
 from digits_example import digits_module
 
 from fxopt.engine import RunOptions, optimize
-from fxopt.engine.recipe import load_recipe, parse_recipe
+from fxopt.run.recipe import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "digits-adversarial.toml"

@@ -35,16 +35,17 @@ import torch
 from torch import nn
 
 from fxopt.engine.backend import Runner
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.loading import LoadedModel, LoadOptions
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, parse_recipe
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
-from fxopt.engine.timing import measure
 from fxopt.passes.cast import CastFP16
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.run.capture import capture
+from fxopt.run.recipe import parse_recipe
+from fxopt.run.timing import measure
 
 
 @dataclass

@@ -24,15 +24,16 @@ import torch
 from digits_example import digits_module
 from peers import interleaved
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.loading import LoadedModel
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, Recipe
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.run.capture import capture
+from fxopt.run.recipe import Recipe
 
 TRAIN, TEST, BATCH = 1280, 512, 32
 

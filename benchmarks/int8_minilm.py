@@ -33,18 +33,18 @@ from peers import interleaved, timed
 
 from fxopt.engine.backend import Runner
 from fxopt.engine.console import Output
-from fxopt.engine.loading import resolve_model
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.pass_manager import PassManager
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run import load
-from fxopt.engine.run.bind import bind
-from fxopt.engine.run.capture import capture
-from fxopt.engine.run.state import RunState
-from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, OrtRunner
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, TorchRunner
+from fxopt.run import load
+from fxopt.run.bind import bind
+from fxopt.run.capture import capture
+from fxopt.run.options import RunOptions
+from fxopt.run.plan import resolve_model
+from fxopt.run.recipe import load_recipe
+from fxopt.run.state import RunState
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-int8-cpu.toml"
 

@@ -42,11 +42,11 @@ import torch
 
 from fxopt.engine import optimize
 from fxopt.engine.console import Output
-from fxopt.engine.run_options import RunOptions
 from fxopt.engine.task import EagerRunner
 from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout, cache_names
 from fxopt.plugins.huggingface.generation import Generator
 from fxopt.plugins.onnxruntime.backend import OrtRunner
+from fxopt.run.options import RunOptions
 from fxopt.testing import recipe_toml
 from fxopt.testing.language_models import SHAPES, save_causal_lm
 

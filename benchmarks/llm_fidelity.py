@@ -42,8 +42,8 @@ import tinylm
 
 from fxopt.engine import optimize
 from fxopt.engine.console import Output
-from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.huggingface.causal_lm import cache_layout
+from fxopt.run.options import RunOptions
 from fxopt.testing import recipe_toml
 
 #: characters of text per fine-tune / verification sample (tokenized and cut to the window)

@@ -91,12 +91,12 @@ def _instrument() -> None:
     import onnxruntime
     import torch
 
-    import fxopt.engine.run as run
-    from fxopt.engine.run import capture, reference, verify, write
+    import fxopt.run.driver as run
     from fxopt.plugins import tasks
     from fxopt.plugins.huggingface import loader
     from fxopt.plugins.onnx import export
     from fxopt.plugins.onnxruntime import backend
+    from fxopt.run import capture, reference, verify, write
 
     run.STAGES = tuple(_marked(s.__module__.rsplit(".", 1)[-1], s) for s in run.STAGES)
     steps = [

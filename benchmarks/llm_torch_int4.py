@@ -46,11 +46,11 @@ from fxopt.cli.outputs import load_output
 from fxopt.engine import optimize
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.run_options import RunOptions
 from fxopt.engine.task import EagerRunner
 from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout, cache_names
 from fxopt.plugins.huggingface.generation import Generator
 from fxopt.plugins.torch.backend import TorchOptions, TorchRunner
+from fxopt.run.options import RunOptions
 from fxopt.testing import recipe_toml
 from fxopt.testing.language_models import SHAPES
 

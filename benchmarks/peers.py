@@ -2,7 +2,7 @@
 
 Every benchmark runs the peer beside ours, in the same process, so that both see the same
 machine. The method (rounds that visit the runners in turn, medians, a warm-up by time on
-every visit against the previous runner's spinning thread pool) is ``fxopt.engine.timing``'s,
+every visit against the previous runner's spinning thread pool) is ``fxopt.run.timing``'s,
 the one the report and ``optimize bench`` use; this module adapts it to runners and feeds.
 """
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from fxopt.engine.timing import time_interleaved
+from fxopt.run.timing import time_interleaved
 
 
 class Runs(Protocol):

@@ -25,10 +25,10 @@ from peers import interleaved
 
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run import prepare
-from fxopt.engine.run.capture import capture
 from fxopt.plugins.data.builtin_models import build_model
+from fxopt.run import prepare
+from fxopt.run.capture import capture
+from fxopt.run.recipe import load_recipe
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "digits-cnn-prune.toml"

@@ -31,14 +31,14 @@ from fxopt.engine import hookimpl
 from fxopt.engine.console import Output
 from fxopt.engine.instruments import Instrument
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run import prepare
-from fxopt.engine.run.capture import capture
-from fxopt.engine.run.verify import compare
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
 from fxopt.plugins.data.text_domains import text_mix_corpus
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions
+from fxopt.run import prepare
+from fxopt.run.capture import capture
+from fxopt.run.recipe import load_recipe
+from fxopt.run.verify import compare
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parent / "recipes" / "minilm-prune.toml"

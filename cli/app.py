@@ -28,8 +28,9 @@ from types import SimpleNamespace
 import click
 from click.shell_completion import CompletionItem
 
-from fxopt.engine import errors, library_log
+from fxopt.engine import errors
 from fxopt.engine.errors import BudgetError, FxoptError, OutputError, RecipeError, environment_error
+from fxopt.run import library_log
 
 PATH = click.Path(path_type=Path)  # no exists=True: the engine's own errors name file and fix
 CACHE_DIR_HELP = "the cache (default $FXOPT_CACHE_DIR, $XDG_CACHE_HOME/fxopt, ~/.cache/fxopt)"
@@ -218,8 +219,8 @@ def run(args: SimpleNamespace, output) -> None:
 
     Optimize the model as RECIPE says, verify it, write the artifact. MODEL_DIR: the model
     directory or .pt2 (default: the recipe's [model] path)."""
-    from fxopt.engine.run.plan import plan_build
-    from fxopt.engine.run_options import RunOptions
+    from fxopt.run.options import RunOptions
+    from fxopt.run.plan import plan_build
 
     # the options are named after RunOptions' fields
     options = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
@@ -229,7 +230,7 @@ def run(args: SimpleNamespace, output) -> None:
         output.quiet = True
     report = build.finished()  # the no-op path: answered before torch is imported
     if report is None:
-        from fxopt.engine.run import execute
+        from fxopt.run import execute
 
         report = execute(build, options, output)
     if args.json:
@@ -296,8 +297,8 @@ def cache(args: SimpleNamespace, output) -> None:
 def validate(args: SimpleNamespace, output) -> None:
     """Check a recipe against the installed plugins; run nothing."""
     from fxopt.engine.plugin_host import load_plugins
-    from fxopt.engine.recipe import check_files, load_recipe
-    from fxopt.engine.run.bind import bind
+    from fxopt.run.bind import bind
+    from fxopt.run.recipe import check_files, load_recipe
 
     recipe = load_recipe(args.recipe)
     host = load_plugins(only=args.plugins)
@@ -362,7 +363,7 @@ def passes(args: SimpleNamespace, output) -> None:
 def schema(args: SimpleNamespace, output) -> None:
     """Print the recipe JSON schema."""
     from fxopt.engine.plugin_host import load_plugins
-    from fxopt.engine.schema import recipe_schema
+    from fxopt.run.recipe_schema import recipe_schema
 
     print(json.dumps(recipe_schema(load_plugins()), indent=2))
 
@@ -458,7 +459,7 @@ def search(args: SimpleNamespace, output) -> int:
     cache so shared passes run once; write search.json, search.md, frontier.svg and the
     winner (winner/ and winner.toml). Exit 3 when no candidate meets the budget; Ctrl-C
     keeps the finished candidates and --resume continues."""
-    from fxopt.engine.run_options import RunOptions
+    from fxopt.run.options import RunOptions
     from fxopt.search import SearchOptions
     from fxopt.search import search as run_search
 

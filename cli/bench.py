@@ -12,16 +12,16 @@ from typing import Any
 
 import torch
 
-from fxopt.engine import library_log
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
 from fxopt.engine.loading import LoadOptions
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import DimRange
-from fxopt.engine.run.load import load_model
 from fxopt.engine.specs import InputSpec
 from fxopt.engine.synthetic import synthetic_inputs
-from fxopt.engine.timing import reference_vs_optimized
+from fxopt.run import library_log
+from fxopt.run.load import load_model
+from fxopt.run.timing import reference_vs_optimized
 
 from .outputs import load_output
 

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fxopt.engine import library_log
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.plugins.huggingface.generation import PAST, Generator
+from fxopt.run import library_log
 
 from .outputs import load_output, read_report
 

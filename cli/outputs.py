@@ -16,7 +16,7 @@ from fxopt.engine.backend import Artifact, Backend, Runner
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
 from fxopt.engine.plugin_host import PluginHost
-from fxopt.engine.report_model import RunReport
+from fxopt.report.model import RunReport
 
 
 @dataclass

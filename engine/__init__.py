@@ -16,9 +16,14 @@ from .analysis import ALL, Analysis
 from .errors import FxoptError
 from .hookspecs import hookimpl
 from .pass_base import Pass, PassConfig, PassContext, PassResult
-from .report import Report
 
-_LAZY = {"ModelIR": ".ir", "optimize": ".run", "RunOptions": ".run_options"}
+#: name -> the module that defines it; the run and its report live in their own packages
+_LAZY = {
+    "ModelIR": "fxopt.engine.ir",
+    "optimize": "fxopt.run.driver",
+    "Report": "fxopt.report",
+    "RunOptions": "fxopt.run.options",
+}
 
 __all__ = [
     "ALL",
@@ -38,5 +43,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import ConfigDict
 
-from .recipe import NumbersNotBooleans
+from .config import NumbersNotBooleans
 
 if TYPE_CHECKING:
     from .ir import ModelIR

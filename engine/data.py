@@ -1,11 +1,9 @@
-"""Datasets: calibration, fine-tune and verification splits, kept apart.
+"""Datasets: what a data source is and what it yields.
 
 A dataset source (registered through ``fxopt_register_datasets``) yields :class:`Sample`\\ s,
-each with a stable key (a hash of the raw record). Splits that read the same source and file
-take consecutive, disjoint slices of it (calibration first, then fine-tune, then verification),
-and the keys of all splits are checked for overlap, so a model is never verified on the data it
-was calibrated or trained on. The values are checked too (ids within the vocabulary, float
-inputs finite: :func:`~.data_shapes.check_data_values`), before anything runs on them.
+each with a stable key (a hash of the raw record), so that the run can keep its calibration,
+fine-tune and verification splits disjoint (:mod:`fxopt.run.splits`); passes read the
+batches (:func:`batches`).
 """
 
 from __future__ import annotations
@@ -14,15 +12,17 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .data_shapes import check_data_values
 from .errors import DataError
-from .recipe import DataSplit, DimRange, Recipe
-from .registry import Registry
-from .specs import InputSpec
+
+if TYPE_CHECKING:
+    from fxopt.run.recipe import DataSplit, Recipe
+
+    from .config import DimRange
+    from .specs import InputSpec
 
 SPLIT_ORDER = ("calibration", "finetune", "verification")
 
@@ -107,69 +107,6 @@ class Dataset:
 def sample_key(raw: Any) -> str:
     data = raw if isinstance(raw, bytes) else repr(raw).encode("utf-8")
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def build_splits(
-    recipe: Recipe, datasets: Registry, make_ctx: Callable[[str], DataContext]
-) -> dict[str, list[Batch]]:
-    """Load every split the recipe declares, disjoint, batched, by its key
-    (:meth:`~.recipe.DataSection.splits`: a named verification set as ``verification.<name>``)."""
-    offsets: dict[tuple[str, str | None], int] = {}
-    samples: dict[str, list[Sample]] = {}
-    contexts: dict[str, DataContext] = {}
-    declared = recipe.data.splits()
-    for name, split in declared.items():
-        where = recipe.data.field(name)
-        source = datasets.get(split.source, file=recipe.label, field=f"{where}.source")()
-        if split.batch_size > split.samples:
-            raise DataError(
-                f"batch_size ({split.batch_size}) is larger than samples ({split.samples})",
-                file=recipe.label,
-                field=f"{where}.batch_size",
-                fix="lower batch_size or raise samples",
-            )
-        # one record list per source and file: splits take consecutive, disjoint slices
-        # (sources that generate data per split, like synthetic, ignore the offset)
-        group = (split.source, split.path)
-        offset = offsets.get(group, 0)
-        contexts[name] = ctx = make_ctx(name)
-        got = source.samples(split, ctx, offset=offset, count=split.samples)
-        if len(got) < split.samples:
-            shared = f" after the {offset} used by earlier splits" if offset else ""
-            raise DataError(
-                f"only {len(got)} samples available{shared}, {split.samples} asked",
-                file=recipe.label,
-                field=f"{where}.samples",
-                fix="lower samples, or give this split more data",
-            )
-        offsets[group] = offset + split.samples
-        samples[name] = got
-    _check_disjoint(samples, recipe)
-    out = {}
-    for name, got in samples.items():
-        split = declared[name]
-        out[name] = batches(got, split.batch_size)
-        ctx = contexts[name]
-        file = str(recipe.resolve_path(split.path)) if split.path else recipe.label
-        where = recipe.data.field(name).removeprefix("data.")
-        check_data_values(ctx.inputs, out[name], split=where, file=file, tokenized=ctx.tokenized)
-    return out
-
-
-def _check_disjoint(samples: dict[str, list[Sample]], recipe: Recipe) -> None:
-    names = list(samples)
-    for i, first in enumerate(names):
-        keys = {s.key for s in samples[first]}
-        for second in names[i + 1 :]:
-            shared = keys & {s.key for s in samples[second]}
-            if shared:
-                a, b = (recipe.data.field(n).removeprefix("data.") for n in (first, second))
-                raise DataError(
-                    f"{len(shared)} samples appear in both the {a} and the {b} set",
-                    file=recipe.label,
-                    field=recipe.data.field(second),
-                    fix="use different files, or remove the duplicated records",
-                )
 
 
 def batches(samples: list[Sample], batch_size: int) -> list[Batch]:

@@ -18,6 +18,8 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from fxopt.run.recipe import Recipe
+
     from .backend import Backend
     from .console import Output
     from .data import Dataset
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
     from .loading import Loader
     from .pass_base import Pass
     from .plugin_host import PluginHost
-    from .recipe import Recipe
     from .registry import Registrar
     from .task import Task
 

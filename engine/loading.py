@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import ModelError, RecipeError
+from .errors import ModelError
 
 if TYPE_CHECKING:
     import torch
 
-    from .recipe import DimRange, Recipe
+    from .config import DimRange
     from .specs import InputSpec
 
 PACKAGE_SCHEME = "pkg:"
@@ -161,25 +161,3 @@ def builtin_name(path: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) else None
-
-
-def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
-    if model_dir is not None and str(model_dir).startswith((BUILTIN_SCHEME, PACKAGE_SCHEME)):
-        path = resolve_model_path(str(model_dir), recipe_dir=None, field="MODEL_DIR")
-    elif model_dir is not None:
-        path = Path(model_dir)
-    elif recipe.model.path is not None:
-        source = recipe.source.parent if recipe.source else None
-        path = resolve_model_path(recipe.model.path, recipe_dir=source, field="model.path")
-    else:
-        raise RecipeError(
-            "no model given",
-            file=recipe.label,
-            field="model.path",
-            fix="pass MODEL_DIR on the command line, or set [model] path in the recipe",
-        )
-    if not path.exists():
-        raise ModelError(
-            "model path not found", file=path, fix="pass an existing model directory or .pt2 file"
-        )
-    return path

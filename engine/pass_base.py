@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict
 
+from .config import NumbersNotBooleans
 from .errors import DataError
-from .recipe import NumbersNotBooleans
 
 if TYPE_CHECKING:
     import torch
+
+    from fxopt.run.recipe import Recipe
 
     from .console import Output
     from .data import Batch
     from .ir import ModelIR
     from .plugin_host import PluginHost
-    from .recipe import Recipe
 
 
 class PassConfig(NumbersNotBooleans):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .recipe import DimRange
+from .config import DimRange
 
 TORCH_DTYPES = {
     "int64": torch.int64,

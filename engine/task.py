@@ -23,9 +23,10 @@ from .backend import Runner
 if TYPE_CHECKING:
     import torch
 
+    from fxopt.run.recipe import VerifySection
+
     from .data import Batch
     from .loading import LoadedModel
-    from .recipe import VerifySection
 
 
 @dataclass

@@ -27,12 +27,11 @@ from rich.markup import escape
 
 from fxopt.engine.console import Output
 from fxopt.engine.errors import BudgetError, OutputError, RecipeError
-from fxopt.engine.loading import resolve_model
 from fxopt.engine.plugin_host import PluginHost, load_plugins
-from fxopt.engine.recipe import Recipe, load_recipe
-from fxopt.engine.run.plan import protected_paths
-from fxopt.engine.run_options import RunOptions
-from fxopt.engine.toml_compat import tomllib
+from fxopt.run.options import RunOptions
+from fxopt.run.plan import protected_paths, resolve_model
+from fxopt.run.recipe import Recipe, load_recipe
+from fxopt.run.toml_compat import tomllib
 from fxopt.store.atomic import write_atomic
 from fxopt.store.output_guard import check_placement
 from fxopt.store.root import locate

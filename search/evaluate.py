@@ -1,6 +1,6 @@
 """One candidate of a search: run its recipe, and say what came of it as an :class:`Outcome`.
 
-A candidate runs as a normal build (:func:`fxopt.engine.run.optimize`) into its own output
+A candidate runs as a normal build (:func:`fxopt.run.optimize`) into its own output
 directory, through the pass cache: candidates that share their first passes compute them once.
 A candidate whose pass already misses the ``[verify]`` budget, with no later pass that can win
 fidelity back (:attr:`~fxopt.engine.pass_base.Pass.recovers`, a fine-tune), is dropped there,
@@ -21,11 +21,11 @@ from fxopt.engine.errors import BudgetError, FxoptError
 from fxopt.engine.hookspecs import hookimpl
 from fxopt.engine.instruments import Instrument, PassRecord
 from fxopt.engine.plugin_host import PluginHost
-from fxopt.engine.recipe import Recipe
-from fxopt.engine.report import Report
-from fxopt.engine.run import optimize
-from fxopt.engine.run.verify import check_budget
-from fxopt.engine.run_options import RunOptions
+from fxopt.report import Report
+from fxopt.run import optimize
+from fxopt.run.options import RunOptions
+from fxopt.run.recipe import Recipe
+from fxopt.run.verify import check_budget
 
 from .space import Candidate
 

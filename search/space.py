@@ -28,8 +28,8 @@ from typing import Any
 
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.plugin_host import PluginHost
-from fxopt.engine.recipe import Recipe, parse_recipe
-from fxopt.engine.run.bind import bind
+from fxopt.run.bind import bind
+from fxopt.run.recipe import Recipe, parse_recipe
 
 _BY_INDEX = re.compile(r"passes\[(\d+)\](?:\.config)?\.(.+)")
 FORMS = (

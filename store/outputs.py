@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
-from fxopt.engine.report import Report
+from fxopt.report import Report
 
 from .entries import SEAL, check_seal, discard, mark_used, new_entry, read_json_object
 from .hashes import HashCache

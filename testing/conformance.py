@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassConfig, PassContext, PassResult
-from fxopt.engine.toml_compat import tomllib
+from fxopt.run.toml_compat import tomllib
 
 from .fixtures import sample_context, sample_ir
 from .toml_text import to_toml

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.loading import LoadedModel
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, Recipe
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 from fxopt.engine.synthetic import synthetic_inputs
+from fxopt.run.capture import capture
+from fxopt.run.recipe import Recipe
 
 
 class _SampleNet(torch.nn.Module):

@@ -7,9 +7,11 @@ import zlib
 
 import torch
 
-from fxopt.engine.data import DataContext, build_splits
-from fxopt.engine.recipe import DimRange, parse_recipe
+from fxopt.engine.config import DimRange
+from fxopt.engine.data import DataContext
 from fxopt.engine.specs import InputSpec
+from fxopt.run.recipe import parse_recipe
+from fxopt.run.splits import build_splits
 
 SPECS = [
     InputSpec("input_ids", "int64", ("batch", "sequence"), 0, 100),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.loading import LoadedModel
-from fxopt.engine.recipe import DimRange
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
+from fxopt.run.capture import capture
 
 
 def capture_module(module: torch.nn.Module, features: int = 8) -> ModelIR:

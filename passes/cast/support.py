@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fxopt.engine.errors import BackendUnavailableError
-from fxopt.engine.recipe import Recipe
+from fxopt.run.recipe import Recipe
 
 #: TensorRT builds bf16 layers on Ampere (sm_80) and newer
 BF16_MIN_CAPABILITY = (8, 0)

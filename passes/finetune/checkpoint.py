@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fxopt.engine.errors import FxoptError
-from fxopt.engine.recipe import Recipe
+from fxopt.run.recipe import Recipe
 
 PATTERN = "step-*.pt"
 LATEST = "latest"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxopt.engine.errors import BudgetError
-from fxopt.engine.recipe import VerifySection
-from fxopt.engine.run.verify import check_budget
+from fxopt.run.recipe import VerifySection
+from fxopt.run.verify import check_budget
 
 Metrics = dict[str, float]
 #: the figures a layer's cost is reported in

@@ -44,10 +44,10 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch.fx import GraphModule, Node
 
+from fxopt.engine.config import problem
 from fxopt.engine.errors import PassError, RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import Pass, PassConfig, PassContext, PassResult
-from fxopt.engine.recipe import problem
 
 from .calibrate import calibration_inputs
 from .conv1d import matmuls_as_linears

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from fxopt.engine import hookimpl
+from fxopt.engine.config import DimRange
 from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import BUILTIN_SUFFIX, LoadedModel, Loader, LoadOptions, builtin_name
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.plugins.data.sources import digits_arrays
 

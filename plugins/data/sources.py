@@ -26,8 +26,8 @@ import torch
 from fxopt.engine import hookimpl
 from fxopt.engine.data import SPLIT_ORDER, DataContext, Dataset, Sample, sample_key
 from fxopt.engine.errors import DataError
-from fxopt.engine.recipe import DataSplit
 from fxopt.engine.synthetic import synthetic_inputs
+from fxopt.run.recipe import DataSplit
 
 #: standard-library modules whose docstrings are real English prose, in a fixed order
 STDLIB_MODULES = (

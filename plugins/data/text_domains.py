@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 
 from fxopt.engine.data import DataContext
-from fxopt.engine.recipe import DataSplit
+from fxopt.run.recipe import DataSplit
 
 from .sources import TextSource, split_sentences, stdlib_sentence_corpus, stdlib_sentences
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.errors import ModelError
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import IndexRange, InputSpec
 
 #: ``config.json``'s ``model_type`` values whose cache this module captures (and tests)

@@ -31,9 +31,9 @@ from pydantic import Field
 
 from fxopt.engine import hookimpl
 from fxopt.engine.backend import Artifact, Backend, BackendOptions, Runner
+from fxopt.engine.config import DimRange
 from fxopt.engine.errors import BackendUnavailableError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.plugins.onnx.export import export_onnx
 

@@ -21,8 +21,8 @@ from rich.table import Table
 from fxopt.engine.console import Output
 from fxopt.engine.errors import EXIT_OK, EXIT_USAGE
 from fxopt.engine.plugin_host import PluginHost
-from fxopt.engine.run import Prepared, prepare
 from fxopt.plugins.onnx.export import export_onnx
+from fxopt.run import Prepared, prepare
 
 from .backend import TensorRTBackend, TensorRTOptions
 from .compat import CompatReport, check_model

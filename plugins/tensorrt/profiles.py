@@ -9,7 +9,7 @@ some axes (a small-batch profile next to a large-batch one, say). The graph was 
 Example::
 
     >>> from fxopt.engine.specs import InputSpec
-    >>> from fxopt.engine.recipe import DimRange
+    >>> from fxopt.engine.config import DimRange
     >>> spec = InputSpec("input_ids", "int64", ("batch", "sequence"))
     >>> dims = {"batch": DimRange(min=1, opt=8, max=64), "sequence": DimRange(min=2, max=512)}
     >>> compute_profiles([spec], dims)[0]["input_ids"]
@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.errors import RecipeError
 from fxopt.engine.ir import ModelIR
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from fxopt.engine import hookimpl
+from fxopt.engine.config import MAX_AXIS, DimRange
 from fxopt.engine.errors import ModelError
 from fxopt.engine.loading import LoadedModel, Loader, LoadOptions
-from fxopt.engine.recipe import MAX_AXIS, DimRange
 from fxopt.engine.specs import TORCH_DTYPES, InputSpec
 from fxopt.plugins.model_checks import check_finite_weights
 

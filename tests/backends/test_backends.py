@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fxopt.engine.backend import Artifact
+from fxopt.engine.config import DimRange
 from fxopt.engine.errors import BackendUnavailableError
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastConfig, CastFP16
 from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions

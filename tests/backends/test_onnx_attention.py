@@ -7,12 +7,12 @@ import onnx
 import onnxruntime
 import torch
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.loading import LoadedModel
-from fxopt.engine.recipe import DimRange
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 from fxopt.plugins.onnx.attention import attention, mask_bias, rewrite_attention
 from fxopt.plugins.onnx.export import export_onnx
+from fxopt.run.capture import capture
 from tests.passes.prune_models import tiny_bert
 
 LAYERS = 3

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from fxopt.engine.recipe import DimRange
+from fxopt.engine.config import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime import qdq

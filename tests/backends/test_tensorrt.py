@@ -15,10 +15,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.errors import BackendUnavailableError, RecipeError
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, parse_recipe
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastFP16
 from fxopt.plugins.onnx.export import export_onnx
@@ -34,6 +34,7 @@ from fxopt.plugins.tensorrt.profiles import (
     profiles_from_json,
     profiles_to_json,
 )
+from fxopt.run.recipe import parse_recipe
 from tests.graphs import capture_module
 
 TEXT = [InputSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.loading import LoadOptions
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, parse_recipe
-from fxopt.engine.run.capture import capture
 from fxopt.passes.cast import CastBF16, CastFP16
 from fxopt.plugins.huggingface.loader import HuggingFaceLoader
 from fxopt.plugins.torch.backend import TorchBackend, TorchOptions, on_device
+from fxopt.run.capture import capture
+from fxopt.run.recipe import parse_recipe
 
 
 def named_devices(module: torch.fx.GraphModule) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fxopt.engine.run import pass_cache
+from fxopt.run import pass_cache
 from tests.cli import run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe
 from tests.entry_points import with_entry_points

@@ -205,7 +205,7 @@ def test_pruned_grouped_query_attention_shrinks_the_cache_and_reloads_in_transfo
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fxopt.engine.run import pass_cache
+    from fxopt.run import pass_cache
 
     monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache the pruned graph
     model = save_causal_lm(tmp_path / "model", "llama")

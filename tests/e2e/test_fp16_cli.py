@@ -48,7 +48,7 @@ def test_fp16_recipe_runs_end_to_end_on_onnxruntime(capsys, tmp_path, tiny_bert_
 
 
 def compute_profiles_for(report: dict) -> list:
-    from fxopt.engine.recipe import DimRange
+    from fxopt.engine.config import DimRange
     from fxopt.engine.specs import InputSpec
 
     specs = [InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in report["inputs"]]

@@ -68,7 +68,7 @@ def test_ignore_pattern_matching_nothing_fails_naming_candidates(capsys, tmp_pat
 def test_config_sizes_survive_a_rerun_resumed_from_the_pass_cache(
     capsys, tmp_path, tiny_bert_dir, monkeypatch
 ):
-    from fxopt.engine.run import pass_cache
+    from fxopt.run import pass_cache
 
     monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache every pass's result
     recipe = prune_recipe(tmp_path, SIZES)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fxopt.engine.toml_compat import tomllib
+from fxopt.run.toml_compat import tomllib
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import TINY_PASSES, tiny_recipe_dict, write_recipe
 

@@ -18,10 +18,12 @@ import onnx
 import pytest
 import torch
 
-from fxopt.engine.data import DataContext, build_splits
+from fxopt.engine.config import DimRange
+from fxopt.engine.data import DataContext
 from fxopt.engine.errors import EXIT_USAGE
-from fxopt.engine.recipe import DimRange, load_recipe
 from fxopt.engine.specs import InputSpec
+from fxopt.run.recipe import load_recipe
+from fxopt.run.splits import build_splits
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import write_recipe
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fxopt.engine.errors import EXIT_USAGE
-from fxopt.engine.run import pass_cache
+from fxopt.run import pass_cache
 from fxopt.store.root import MARKER, CacheRoot, locate, parse_size
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import COUNTING, TINY_RECIPE, write_recipe

@@ -14,12 +14,12 @@ import torch
 
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
-from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run import capture, load, passes, reference
-from fxopt.engine.run.bind import bind
-from fxopt.engine.run.state import RunState
-from fxopt.engine.run_options import RunOptions
 from fxopt.plugins.data.sources import stdlib_sentences
+from fxopt.run import capture, load, passes, reference
+from fxopt.run.bind import bind
+from fxopt.run.options import RunOptions
+from fxopt.run.recipe import load_recipe
+from fxopt.run.state import RunState
 from tests.conftest import load_script, merged, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

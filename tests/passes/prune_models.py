@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange
 from fxopt.engine.specs import InputSpec
 from fxopt.testing.models import ResidualBlock
 from tests.graphs import capture_model

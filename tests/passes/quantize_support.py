@@ -10,8 +10,8 @@ from torch import nn
 from fxopt.engine.console import Output
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import Recipe, VerifySection
-from fxopt.engine.run.verify import compare
+from fxopt.run.recipe import Recipe, VerifySection
+from fxopt.run.verify import compare
 from tests.graphs import capture_module
 
 

@@ -10,19 +10,20 @@ import pytest
 import torch
 from torch import nn
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.errors import BackendUnavailableError, PassError, RecipeError
 from fxopt.engine.ir import ModelIR
 from fxopt.engine.loading import LoadedModel, LoadOptions
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import DimRange, parse_recipe
-from fxopt.engine.run.bind import bind
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastBF16, CastConfig, CastFP16
 from fxopt.passes.cast.rewrite import CAST, PRECISION_KEY
 from fxopt.passes.cast.support import check_dtype_supported
 from fxopt.plugins.huggingface.loader import HuggingFaceLoader
+from fxopt.run.bind import bind
+from fxopt.run.capture import capture
+from fxopt.run.recipe import parse_recipe
 
 torch.set_num_threads(2)
 

@@ -8,8 +8,8 @@ import torch
 
 from fxopt.engine.console import Output
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import parse_recipe
 from fxopt.passes.finetune import Finetune, FinetuneConfig
+from fxopt.run.recipe import parse_recipe
 from tests.graphs import capture_module
 from tests.passes.finetune_support import one_thread  # noqa: F401  (fixture)
 

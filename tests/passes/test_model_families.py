@@ -34,7 +34,6 @@ from torch import nn
 
 from fxopt.engine.errors import FxoptError
 from fxopt.engine.pass_base import PassContext
-from fxopt.engine.recipe import Recipe
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.cast import CastConfig, CastFP16
 from fxopt.passes.cast.rewrite import PRECISION_KEY
@@ -43,6 +42,7 @@ from fxopt.passes.prune.graph import ChannelDependencies
 from fxopt.passes.prune.structured import StructuredPrune
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
 from fxopt.plugins.onnxruntime.qdq import FUSED_MATMUL_OPS
+from fxopt.run.recipe import Recipe
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import write_recipe
 from tests.graphs import capture_model

@@ -8,13 +8,13 @@ from torch import nn
 
 from fxopt.engine import hookimpl
 from fxopt.engine.errors import DataError, RecipeError
-from fxopt.engine.recipe import parse_recipe
-from fxopt.engine.run.bind import bind
 from fxopt.engine.specs import InputSpec
 from fxopt.passes.prune.config import PruneConfig
 from fxopt.passes.prune.hf_config import updated_config
 from fxopt.passes.prune.rules_pointwise import Elementwise
 from fxopt.passes.prune.structured import StructuredPrune
+from fxopt.run.bind import bind
+from fxopt.run.recipe import parse_recipe
 from tests.passes.prune_models import BATCH, bert_ir, capture_model, cnn_ir, context
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fxopt.engine.errors import BudgetError
-from fxopt.engine.recipe import VerifySection
 from fxopt.passes.quantize import Int8Config, QuantizeInt8
+from fxopt.run.recipe import VerifySection
 from tests.passes.quantize_support import Planted, context, count_ops, make_ir
 
 CONFIG = {"observer": "minmax", "accuracy_aware": True}

@@ -7,8 +7,8 @@ import importlib
 import json
 from pathlib import Path
 
-from fxopt.engine.recipe import load_recipe
-from fxopt.engine.run.plan import fingerprint
+from fxopt.run.plan import fingerprint
+from fxopt.run.recipe import load_recipe
 from fxopt.store.hashes import HashCache, editable_sources
 from tests.conftest import TINY_RECIPE, write_recipe
 

@@ -8,15 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fxopt.engine.config import DimRange
 from fxopt.engine.console import Output
 from fxopt.engine.errors import CaptureError
 from fxopt.engine.loading import LoadedModel
 from fxopt.engine.pass_base import Pass
-from fxopt.engine.recipe import DimRange
-from fxopt.engine.run import capture as capture_stage
-from fxopt.engine.run.capture import capture
 from fxopt.engine.specs import InputSpec
 from fxopt.passes import DeadCodeElimination
+from fxopt.run import capture as capture_stage
+from fxopt.run.capture import capture
 
 
 class ReadsThirdPosition(torch.nn.Module):

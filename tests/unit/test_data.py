@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fxopt.engine.data import DataContext, build_splits
+from fxopt.engine.config import DimRange
+from fxopt.engine.data import DataContext
 from fxopt.engine.errors import DataError
-from fxopt.engine.recipe import DimRange, parse_recipe
 from fxopt.engine.specs import InputSpec
+from fxopt.run.recipe import parse_recipe
+from fxopt.run.splits import build_splits
 from tests.data_splits import splits
 
 

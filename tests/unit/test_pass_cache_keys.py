@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from fxopt.engine.run.pass_cache import prefix_keys
+from fxopt.run.pass_cache import prefix_keys
 
 COMPONENTS = {
     "model": {"model.safetensors": "ab12"},

@@ -11,9 +11,9 @@ from fxopt.engine.errors import DataError
 from fxopt.engine.instruments import DumpIR, Numerics
 from fxopt.engine.pass_base import PassContext
 from fxopt.engine.pass_manager import PassBug, PassManager
-from fxopt.engine.recipe import Recipe
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.dropout import RemoveDropout
+from fxopt.run.recipe import Recipe
 from tests.graphs import WithDropout, capture_module
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from fxopt.engine.config import _scalar_types
 from fxopt.engine.errors import RecipeError
-from fxopt.engine.recipe import Recipe, _scalar_types, load_recipe, parse_recipe
-from fxopt.engine.run.bind import bind
-from fxopt.engine.schema import recipe_schema
+from fxopt.run.bind import bind
+from fxopt.run.recipe import Recipe, load_recipe, parse_recipe
+from fxopt.run.recipe_schema import recipe_schema
 from tests.conftest import write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from fxopt.engine.errors import EXIT_USAGE
-from fxopt.engine.report_model import RunReport, report_schema
+from fxopt.report.model import RunReport, report_schema
 from tests.cli import assert_clean_failure, run_cli
 from tests.conftest import TINY_RECIPE, write_recipe
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_schema_file_is_current():
     committed = json.loads((ROOT / "docs" / "report.schema.json").read_text())
     assert committed == report_schema(), (
-        "regenerate: python -c 'import json; from fxopt.engine.report_model import "
+        "regenerate: python -c 'import json; from fxopt.report.model import "
         "report_schema; print(json.dumps(report_schema(), indent=2))' > docs/report.schema.json"
     )
 

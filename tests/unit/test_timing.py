@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fxopt.engine.timing import reference_vs_optimized, time_interleaved
+from fxopt.run.timing import reference_vs_optimized, time_interleaved
 
 
 def test_rounds_visit_each_call_in_turn_with_a_warm_up_each_visit():

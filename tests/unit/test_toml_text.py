@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from fxopt.engine.recipe import parse_recipe
-from fxopt.engine.toml_compat import tomllib
+from fxopt.run.recipe import parse_recipe
+from fxopt.run.toml_compat import tomllib
 from fxopt.testing import recipe_toml
 from fxopt.testing.toml_text import to_toml
 from tests.conftest import TINY_PASSES, merged, tiny_recipe_dict

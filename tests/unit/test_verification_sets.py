@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fxopt.engine.errors import DataError, RecipeError
-from fxopt.engine.recipe import DataSplit, parse_recipe
-from fxopt.engine.run.plan import data_files
+from fxopt.run.plan import data_files
+from fxopt.run.recipe import DataSplit, parse_recipe
 from tests.data_splits import splits
 
 ONE = {"source": "stdlib-docstrings", "samples": 4, "batch_size": 2}

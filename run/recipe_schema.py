@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plugin_host import PluginHost
+from fxopt.engine.plugin_host import PluginHost
+
 from .recipe import Recipe
 
 

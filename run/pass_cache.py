@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
+from fxopt.engine.console import Output
+from fxopt.engine.instruments import Instrument, PassRecord
+from fxopt.engine.ir import ModelIR
 from fxopt.store.entries import check_seal, discard, mark_used, new_entry
 from fxopt.store.root import CacheRoot
-
-from ..console import Output
-from ..instruments import Instrument, PassRecord
-from ..ir import ModelIR
 
 MIN_SECONDS = 1.0
 #: the ``[verify]`` keys a cached pass record depends on (its numerics are measured on this

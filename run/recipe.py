@@ -11,7 +11,7 @@ Structure (``optimize schema`` prints the full JSON schema)::
     [verify]           the fidelity budget the final artifact must meet
 
 Each pass's ``config`` is validated by that pass's own ``Config`` model once the plugins are
-loaded (:func:`fxopt.engine.run.bind.bind`), so its errors read ``passes[1].config.ratio`` like
+loaded (:func:`fxopt.run.bind.bind`), so its errors read ``passes[1].config.ratio`` like
 the rest.
 
 Numbers are checked as strictly as keys: a boolean is never a number (``batch_size = true``
@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import math
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
@@ -42,10 +38,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from .errors import RecipeError
+from fxopt.engine.config import MAX_AXIS, DimRange, Strict, at_most, problem
+from fxopt.engine.errors import RecipeError
+
 from .toml_compat import tomllib
+from .validation import validation_error
 
 SCHEMA_VERSION = 1
 DTYPES = ("int64", "int32", "float32", "float16", "bfloat16", "bool")
@@ -54,7 +52,6 @@ DTYPES = ("int64", "int32", "float32", "float16", "bfloat16", "bool")
 #: low enough that a typo is an error at load time, not a hang or an out-of-memory kill
 MAX_SAMPLES = 1_000_000
 MAX_BATCH_SIZE = 65_536
-MAX_AXIS = 1_048_576  # a dynamic axis, a fixed input size, a sequence length
 MAX_LATENCY_ITERS = 10_000
 MAX_SEED = 2**32 - 1
 
@@ -68,38 +65,6 @@ MINIMAL_RECIPE_FIX = (
     "start from recipes/quickstart.toml: schema_version = 1, the [[passes]] to run and the "
     "[target] backend (docs/recipes.md lists every table)"
 )
-
-
-def problem(message: str, fix: str) -> PydanticCustomError:
-    """A validation error that carries its fix (:func:`validation_error` prints it)."""
-    return PydanticCustomError("fxopt", "{message}", {"message": message, "fix": fix})
-
-
-def _at_most(limit: int, fix: str) -> AfterValidator:
-    def check(value: int | None) -> int | None:
-        if value is not None and value > limit:
-            raise problem(f"must be at most {limit}", fix)
-        return value
-
-    return AfterValidator(check)
-
-
-def _scalar_types(annotation: Any) -> set[type]:
-    """Scalar types a field takes: ``int | None`` -> {int, NoneType}, ``Literal[1]`` -> {int}."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return {type(v) for v in typing.get_args(annotation)}
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_scalar_types(a) for a in typing.get_args(annotation)))
-    return {annotation} if isinstance(annotation, type) else set()
-
-
-def _wants_number(annotation: Any) -> str | None:
-    """``"an integer"`` / ``"a number"`` when a field takes numbers and no booleans."""
-    leaves = _scalar_types(annotation)
-    if bool in leaves or not leaves & {int, float}:
-        return None
-    return "a number" if float in leaves else "an integer"
 
 
 def _no_bool_size(value: Any) -> Any:
@@ -123,68 +88,11 @@ def _axis(value: str | int) -> str | int:
     return value
 
 
-class NumbersNotBooleans(BaseModel):
-    """A model whose int and float fields refuse booleans, which pydantic would take as 1 / 0.
-
-    Fields typed ``bool | int`` keep their booleans. The recipe's tables are such models; a
-    pass's or a backend's config can be one too (subclass this), and its error then names the
-    field and the fix the same way.
-    """
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None:
-            info_field = cls.model_fields[info.field_name]
-            wanted = _wants_number(info_field.annotation)
-            if wanted is not None:
-                default = info_field.default
-                example = default if type(default) in (int, float) else 1
-                raise problem(
-                    f"{wanted} is expected here, not a boolean",
-                    f"write a number, e.g. {info.field_name} = {example}",
-                )
-        return value
-
-
-class Strict(NumbersNotBooleans):
-    """Base for every recipe table: unknown keys are errors, never silently ignored; nor are
-    booleans numbers (``batch_size = true`` is an error, not 1)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-_AXIS_SIZE = _at_most(MAX_AXIS, "narrow the range to the sizes the model really takes")
-
-
 def _seed(value: int) -> int:
     if value < 0 or value > MAX_SEED:
         where = "must not be negative" if value < 0 else f"must be at most {MAX_SEED}"
         raise problem(where, "use a small non-negative seed, e.g. 0")
     return value
-
-
-class DimRange(Strict):
-    """The range one dynamic axis may take; ``opt`` is the shape to tune and time for.
-
-    ``min`` may be 0 for an axis that can be empty: a language model's cached tokens
-    (``past_sequence``) before the first step."""
-
-    min: Annotated[int, _AXIS_SIZE] = Field(ge=0)
-    max: Annotated[int, _AXIS_SIZE] = Field(ge=1)
-    opt: Annotated[int | None, _AXIS_SIZE] = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> DimRange:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
-        if self.opt is not None and not self.min <= self.opt <= self.max:
-            raise ValueError(f"opt ({self.opt}) must lie in [min, max] = [{self.min}, {self.max}]")
-        return self
-
-    @property
-    def optimal(self) -> int:
-        return self.opt if self.opt is not None else min(max(self.min, 8), self.max)
 
 
 class InputDecl(Strict):
@@ -271,16 +179,16 @@ class DataSplit(Strict):
     path: str | None = Field(default=None, description="file for file-based sources")
     samples: Annotated[
         int,
-        _at_most(
+        at_most(
             MAX_SAMPLES, "use fewer samples: a split is held in memory (a few hundred verify well)"
         ),
     ] = Field(default=64, ge=1)
     batch_size: Annotated[
-        int, _at_most(MAX_BATCH_SIZE, "use a batch the model can run at once, e.g. 8 to 64")
+        int, at_most(MAX_BATCH_SIZE, "use a batch the model can run at once, e.g. 8 to 64")
     ] = Field(default=8, ge=1)
     sequence_length: Annotated[
         int | None,
-        _at_most(MAX_AXIS, "use the token length the model runs at, at most its context"),
+        at_most(MAX_AXIS, "use the token length the model runs at, at most its context"),
     ] = Field(default=None, ge=1, description="token length for text")
     field: str = Field(default="text", description="JSONL field holding the text")
     label_field: str | None = Field(default=None, description="JSONL field holding a label")
@@ -391,22 +299,22 @@ class VerifySection(Strict):
         le=1,
         description="language models: share of greedy tokens equal to the original model's",
     )
-    generation_prompts: Annotated[int, _at_most(1024, "use fewer prompts, e.g. 4 to 32")] = Field(
+    generation_prompts: Annotated[int, at_most(1024, "use fewer prompts, e.g. 4 to 32")] = Field(
         default=4, ge=0, description="language models: prompts generated from (0: off)"
     )
-    generation_tokens: Annotated[int, _at_most(4096, "generate fewer tokens, e.g. 16 to 64")] = (
+    generation_tokens: Annotated[int, at_most(4096, "generate fewer tokens, e.g. 16 to 64")] = (
         Field(default=16, ge=1, description="language models: greedy tokens per prompt")
     )
     pass_samples: Annotated[
-        int, _at_most(MAX_SAMPLES, "measure each pass on fewer samples, e.g. 16 (0: off)")
+        int, at_most(MAX_SAMPLES, "measure each pass on fewer samples, e.g. 16 (0: off)")
     ] = Field(default=16, ge=0, description="samples used to measure each pass's numerics (0: off)")
     latency: bool = Field(default=True, description="time reference and artifact in the report")
-    latency_iters: Annotated[
-        int, _at_most(MAX_LATENCY_ITERS, "time fewer runs, e.g. 10 to 100")
-    ] = Field(
-        default=10,
-        ge=1,
-        description="timed runs of each side, interleaved, each after its own warm-up",
+    latency_iters: Annotated[int, at_most(MAX_LATENCY_ITERS, "time fewer runs, e.g. 10 to 100")] = (
+        Field(
+            default=10,
+            ge=1,
+            description="timed runs of each side, interleaved, each after its own warm-up",
+        )
     )
 
 
@@ -439,7 +347,7 @@ class SearchSection(Strict):
         "by a few percent between candidates that compute the same thing",
     )
     max_candidates: Annotated[
-        int, _at_most(MAX_SAMPLES, "narrow the search space, or search it in parts")
+        int, at_most(MAX_SAMPLES, "narrow the search space, or search it in parts")
     ] = Field(default=64, ge=1, description="refuse larger spaces (--max-candidates overrides)")
 
     @field_validator("space")
@@ -519,73 +427,6 @@ def parse_recipe(data: dict[str, Any], *, source: Path | None = None) -> Recipe:
         raise validation_error(exc, Recipe, file=label) from None
     recipe._source = source.resolve() if source else None
     return recipe
-
-
-def validation_error(
-    exc: ValidationError, model: type[BaseModel], *, file: str, prefix: str = ""
-) -> RecipeError:
-    """Turn pydantic's errors into one message: ``file: a.b[2].c: what (got x)`` per line."""
-    lines, fix = [], None
-    for err in exc.errors():
-        fix = fix or (err.get("ctx") or {}).get("fix")
-        loc = prefix + _dotted(err["loc"])
-        if err["type"] == "extra_forbidden":
-            allowed = _fields_at(model, err["loc"][:-1])
-            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{loc}: unknown key{hint}")
-        elif err["type"] == "missing":
-            lines.append(f"{loc}: required key is missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {_lower_first(msg)} (got {err['input']!r})")
-    first, *rest = lines
-    field, _, message = first.partition(": ")
-    if rest:
-        message += "".join(f"\n  {file}: {line}" for line in rest)
-    return RecipeError(message, file=file, field=field, fix=fix)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """The keys allowed at ``loc`` inside ``model``, to list them next to an unknown key."""
-    current: Any = model
-    for part in loc:
-        current = _inside(current, part)
-    models = [m for m in _members(current) if _is_model(m)]
-    return list(models[0].model_fields) if models else []
-
-
-def _inside(tp: Any, part: Any) -> Any:
-    """The type at key ``part`` of ``tp``: a model's field, a dict's value, a list's item; in a
-    union, that of the first member that has it (``DataSplit | dict[str, DataSplit]``)."""
-    for member in _members(tp):
-        if _is_model(member):
-            if (info := member.model_fields.get(str(part))) is not None:
-                return info.annotation
-        elif args := typing.get_args(member):
-            return args[-1]
-    return None
-
-
-def _members(tp: Any) -> list[Any]:
-    """A union's members but ``None``; any other type alone."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return [a for a in typing.get_args(tp) if a is not type(None)]
-    return [tp]
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 def check_files(recipe: Recipe, *, builtin_models: tuple[str, ...] | None = None) -> None:

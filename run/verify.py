@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..recipe import VerifySection
-from ..specs import conform
-from ..task import Evidence, Task
-from ..timing import reference_vs_optimized
+from fxopt.engine.specs import conform
+from fxopt.engine.task import Evidence, Task
+
+from .recipe import VerifySection
 from .reference import feeds, on_set, run_batches
 from .state import RunState
+from .timing import reference_vs_optimized
 
 #: budget field -> (metric it bounds, True when the metric must be at least the bound)
 BOUNDS: dict[str, tuple[str, bool]] = {

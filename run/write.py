@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fxopt.engine.errors import BudgetError, FxoptError
+from fxopt.engine.instruments import PassRecord
+from fxopt.report import Report
+from fxopt.report.model import RunReport
 from fxopt.store.hashes import HashCache
 from fxopt.store.manifest import build_manifest
 from fxopt.store.output_guard import MANIFEST, Seen, foreign_rejected, relative_files
 from fxopt.store.staging import StagedDir
 
-from .. import library_log
-from ..errors import BudgetError, FxoptError
-from ..instruments import PassRecord
-from ..report import Report
-from ..report_model import RunReport
+from . import library_log
 from .plan import data_files
 from .state import RunState
 

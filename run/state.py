@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from fxopt.engine.backend import Artifact, Runner
+    from fxopt.engine.console import Output
+    from fxopt.engine.data import Batch
+    from fxopt.engine.instruments import PassRecord
+    from fxopt.engine.ir import ModelIR
+    from fxopt.engine.loading import LoadedModel
+    from fxopt.engine.plugin_host import PluginHost
+    from fxopt.engine.task import Task
     from fxopt.store.staging import StagedDir
 
-    from ..backend import Artifact, Runner
-    from ..console import Output
-    from ..data import Batch
-    from ..instruments import PassRecord
-    from ..ir import ModelIR
-    from ..loading import LoadedModel
-    from ..plugin_host import PluginHost
-    from ..recipe import Recipe
-    from ..run_options import RunOptions
-    from ..task import Task
     from .bind import Plan
+    from .options import RunOptions
     from .pass_cache import PassCache
+    from .recipe import Recipe
     from .verify import SetVerdict
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Runner
-from ..console import Output
-from ..data import Batch
+from fxopt.engine.backend import Runner
+from fxopt.engine.console import Output
+from fxopt.engine.data import Batch
+
 from .state import RunState
 
 

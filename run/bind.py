@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ..backend import Backend
-from ..errors import RecipeError
-from ..pass_base import Pass
-from ..plugin_host import PluginHost
-from ..recipe import Recipe, validation_error
+from fxopt.engine.backend import Backend
+from fxopt.engine.errors import RecipeError
+from fxopt.engine.pass_base import Pass
+from fxopt.engine.plugin_host import PluginHost
+
+from .recipe import Recipe
+from .validation import validation_error
 
 
 @dataclass

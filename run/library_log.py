@@ -4,7 +4,7 @@ torch, torchao, onnxscript and transformers warn on every run about things the u
 on (deprecated enum registrations, optional kernels that did not load, FutureWarnings). While
 a command runs, Python warnings and library log records are collected here instead of being
 printed; the run writes them to ``fxopt.log`` in its output and says how many there were.
-fxopt's own messages go through :class:`~.console.Output` and are not affected.
+fxopt's own messages go through :class:`~fxopt.engine.console.Output` and are not affected.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..instruments import DumpIR, Numerics
-from ..ir import ModelIR
-from ..pass_base import PassContext
-from ..pass_manager import PassManager
-from ..specs import conform
+from fxopt.engine.instruments import DumpIR, Numerics
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.pass_base import PassContext
+from fxopt.engine.pass_manager import PassManager
+from fxopt.engine.specs import conform
+
 from .state import RunState
 from .verify import compare
 

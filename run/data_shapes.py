@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .errors import DataError, ModelError, RecipeError
-from .recipe import DimRange
-from .specs import IndexRange, InputSpec, axis_parts
+from fxopt.engine.config import DimRange
+from fxopt.engine.errors import DataError, ModelError, RecipeError
+from fxopt.engine.specs import IndexRange, InputSpec, axis_parts
 
 
 def check_data_shapes(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import DataContext, build_splits
-from ..data_shapes import check_data_shapes
-from ..errors import ModelError
-from ..loading import LoadedModel, LoadOptions, builtin_name
-from ..plugin_host import PluginHost
+from fxopt.engine.data import DataContext
+from fxopt.engine.errors import ModelError
+from fxopt.engine.loading import LoadedModel, LoadOptions, builtin_name
+from fxopt.engine.plugin_host import PluginHost
+
 from .capture import effective_dims, effective_inputs
+from .data_shapes import check_data_shapes
+from .splits import build_splits
 from .state import RunState
 
 

@@ -15,12 +15,14 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import CaptureError, RecipeError
-from ..ir import ModelIR, ModelMeta, placeholder_name
-from ..loading import LoadedModel
-from ..recipe import DimRange, ModelSection
-from ..specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
-from ..synthetic import synthetic_inputs
+from fxopt.engine.config import DimRange
+from fxopt.engine.errors import CaptureError, RecipeError
+from fxopt.engine.ir import ModelIR, ModelMeta, placeholder_name
+from fxopt.engine.loading import LoadedModel
+from fxopt.engine.specs import InputSpec, dim_names, example_sizes, export_dynamic_shapes
+from fxopt.engine.synthetic import synthetic_inputs
+
+from .recipe import ModelSection
 from .state import RunState
 
 DOCS_HINT = (

@@ -1,12 +1,10 @@
-"""The run: planned once (:mod:`.plan`), then a straight list of stages, one module each.
+"""The executor: the run's stages in order, from a plan (:mod:`.plan`).
 
     load → reference → capture → passes → lower → verify → write
 
-The CLI is a thin layer over :func:`optimize`; build systems and notebooks call it directly::
-
-    from fxopt.engine import optimize
-    report = optimize("recipes/quickstart.toml", out_dir="out/minilm")
-    assert report.passed
+``optimize`` plans and executes one build; ``prepare`` runs the stages before lowering only
+(``optimize check``, a torchrun peer). Importing this module imports torch; the package's
+``__init__`` does not, so the no-op path and ``--help`` stay fast.
 """
 
 from __future__ import annotations
@@ -17,22 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fxopt.engine.console import Output
+from fxopt.engine.data import Batch
+from fxopt.engine.instruments import PassRecord
+from fxopt.engine.ir import ModelIR
+from fxopt.engine.loading import LoadedModel
+from fxopt.engine.plugin_host import PluginHost, load_plugins
+from fxopt.report import Report
 from fxopt.store.staging import StagedDir
 
-from .. import library_log
-from ..console import Output
-from ..data import Batch
-from ..instruments import PassRecord
-from ..ir import ModelIR
-from ..loading import LoadedModel, resolve_model
-from ..plugin_host import PluginHost, load_plugins
-from ..recipe import Recipe, load_recipe
-from ..report import Report
-from ..run_options import RunOptions
-from . import capture, load, lower, passes, reference, verify, write
+from . import capture, library_log, load, lower, passes, reference, verify, write
 from .bind import Plan, bind
+from .options import RunOptions
 from .pass_cache import PassCache, prefix_keys
-from .plan import Build, plan_build
+from .plan import Build, plan_build, resolve_model
+from .recipe import Recipe, load_recipe
 from .state import RunState
 
 Stage = Callable[[RunState], object]

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fxopt.engine.console import Output
+from fxopt.engine.errors import ModelError, RecipeError
+from fxopt.engine.loading import BUILTIN_SCHEME, PACKAGE_SCHEME, resolve_model_path
+from fxopt.engine.plugin_host import ENTRY_POINT_GROUP
+from fxopt.report import Report
 from fxopt.store.hashes import HashCache, editable_sources, model_files
 from fxopt.store.output_guard import (
     Protected,
@@ -33,12 +38,8 @@ from fxopt.store.output_guard import (
 from fxopt.store.outputs import BuildCache, open_cache, write_depfile
 from fxopt.store.root import locate
 
-from ..console import Output
-from ..loading import resolve_model
-from ..plugin_host import ENTRY_POINT_GROUP
-from ..recipe import Recipe, load_recipe
-from ..report import Report
-from ..run_options import RunOptions
+from .options import RunOptions
+from .recipe import Recipe, load_recipe
 
 KEY_VERSIONS = (
     "fxopt",
@@ -197,3 +198,27 @@ def protected_paths(recipe: Recipe, model_path: Path, cache: Path | None) -> lis
     if cache is not None:
         found.append(Protected("cache directory", cache, whole=True))
     return found
+
+
+def resolve_model(recipe: Recipe, model_dir: str | Path | None) -> Path:
+    """The model a run optimizes: ``MODEL_DIR`` from the command line, else the recipe's
+    ``[model] path`` (relative to the recipe); ``pkg:`` and ``builtin:`` names resolved."""
+    if model_dir is not None and str(model_dir).startswith((BUILTIN_SCHEME, PACKAGE_SCHEME)):
+        path = resolve_model_path(str(model_dir), recipe_dir=None, field="MODEL_DIR")
+    elif model_dir is not None:
+        path = Path(model_dir)
+    elif recipe.model.path is not None:
+        source = recipe.source.parent if recipe.source else None
+        path = resolve_model_path(recipe.model.path, recipe_dir=source, field="model.path")
+    else:
+        raise RecipeError(
+            "no model given",
+            file=recipe.label,
+            field="model.path",
+            fix="pass MODEL_DIR on the command line, or set [model] path in the recipe",
+        )
+    if not path.exists():
+        raise ModelError(
+            "model path not found", file=path, fix="pass an existing model directory or .pt2 file"
+        )
+    return path

@@ -1,7 +1,7 @@
 """The run report: ``report.json`` for machines, ``report.md`` and a console table for people.
 
 The JSON is a contract for build systems: its typed model is
-:class:`~.report_model.RunReport` (schema committed as ``docs/report.schema.json``); a run
+:class:`~.model.RunReport` (schema committed as ``docs/report.schema.json``); a run
 builds one and this class carries its dump.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .console import Output
+from fxopt.engine.console import Output
 
 
 @dataclass
