@@ -14,7 +14,7 @@ weights, of that same fp32 model), ours through ONNX Runtime, ours through the t
 Fidelity: cosine of the sentence embeddings vs torch eager fp32 (mean, min) and how often the
 nearest neighbour of each sentence among the 256 is the same one as with fp32.
 
-    python benchmarks/int8_minilm.py [--threads 2] [--rounds 8] [--json out.json]
+    python benchmarks/int8_minilm.py [--threads 2] [--rounds 8] [--json out.json] [--recipe R]
 """
 
 from __future__ import annotations
@@ -99,12 +99,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--recipe", type=Path, default=RECIPE, help="another int8 recipe of the same model"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     output = Output()
 
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(args.recipe)
     host = load_plugins()
     model_path = resolve_model(recipe, None)
     run = RunState(recipe, bind(recipe, host), host, model_path, RunOptions(), output)

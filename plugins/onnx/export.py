@@ -77,11 +77,34 @@ def _save_program(onnx_program: torch.onnx.ONNXProgram, ir: ModelIR, path: Path)
     data.unlink(missing_ok=True)
     onnx_program.save(path, external_data=True)
     model = onnx.load(str(path), load_external_data=False)
+    _drop_stack_traces(model)
     _name_dynamic_axes(model, ir)
     onnx.save_model(model, str(path))
     if data.exists() and not data.stat().st_size:
         data.unlink()  # every tensor small enough to stay in the graph
     return [path.name, data.name] if data.exists() else [path.name]
+
+
+#: node metadata the exporter fills with the Python stack of each op: absolute paths of the
+#: machine that built the model, which would make the same build differ by where fxopt and
+#: the model's code are installed (and ship those paths)
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
+    """Remove :data:`STACK_TRACE` from every node: the graph's, its functions' and those of
+    subgraphs (``If`` / ``Loop`` bodies)."""
+    owners = [model.graph, *model.functions]  # anything with a ``node`` list
+    while owners:
+        for node in owners.pop().node:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    owners.append(attribute.g)
+                owners.extend(attribute.graphs)
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[str]:
