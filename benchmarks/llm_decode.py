@@ -173,6 +173,19 @@ def cache_of(out: Path) -> tuple[int, int]:
     return kv, dim
 
 
+def ort_runner(out: Path) -> OrtRunner:
+    """An ONNX Runtime session of an output's ``model.ort.onnx`` on 2 threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    # the runners take turns: an idle session's threads must not spin on the cores the
+    # next runner uses (they do by default, for a while after each run)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return OrtRunner(out / "model.ort.onnx", options, ["CPUExecutionProvider"])
+
+
 def ours(runner, cache: tuple[int, int]):
     generator = Generator(runner, cache)
 
@@ -253,15 +266,6 @@ def main() -> None:
     genai = build_genai(model, work)
 
     import onnxruntime as ort
-
-    def ort_runner(out: Path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        options.inter_op_num_threads = 1
-        # the runners take turns: an idle session's threads must not spin on the cores the
-        # next runner uses (they do by default, for a while after each run)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return OrtRunner(out / "model.ort.onnx", options, ["CPUExecutionProvider"])
 
     runners = {
         "torch eager fp32": eager(model, dynamic_int8=False),

@@ -28,7 +28,8 @@ MAX_AXIS = 1_048_576  # a dynamic axis, a fixed input size, a sequence length
 
 
 def problem(message: str, fix: str) -> PydanticCustomError:
-    """A validation error that carries its fix (:func:`validation_error` prints it)."""
+    """A validation error that carries its fix (:func:`fxopt.run.validation.validation_error`
+    prints it)."""
     return PydanticCustomError("fxopt", "{message}", {"message": message, "fix": fix})
 
 
