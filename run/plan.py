@@ -4,8 +4,8 @@ Everything here stays free of torch, so the no-op path (an identical earlier bui
 in well under a second. The key covers the normalized recipe, every file of the model, every
 data file, the plugin distributions and versions installed, the versions of torch / onnx /
 onnxruntime / tensorrt / transformers / torchao / fxopt, the Python sources of fxopt and of
-each plugin distribution installed in editable mode (their version does not move when their
-code does), and the machine (CPU model: ONNX Runtime's optimized graphs are CPU-specific).
+each plugin distribution (an editable install's version does not move when its code does, nor a
+rebuilt wheel's), and the machine (CPU model: ONNX Runtime's optimized graphs are CPU-specific).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fxopt.engine.errors import ModelError, RecipeError
 from fxopt.engine.loading import BUILTIN_SCHEME, PACKAGE_SCHEME, resolve_model_path
 from fxopt.engine.plugin_host import ENTRY_POINT_GROUP
 from fxopt.report import Report
-from fxopt.store.hashes import HashCache, editable_sources, model_files
+from fxopt.store.hashes import HashCache, installed_sources, model_files
 from fxopt.store.output_guard import (
     Protected,
     Seen,
@@ -79,7 +79,7 @@ def fingerprint(recipe: Recipe, model_path: Path, hashes: HashCache) -> dict[str
             for ep in plugins
         ),
         "versions": _versions(),
-        "sources": editable_sources(
+        "sources": installed_sources(
             ["fxopt", *sorted({ep.dist.name for ep in plugins if ep.dist})], hashes
         ),
         "device": {"machine": platform.machine(), "cpu": _cpu_model()},

@@ -1,8 +1,9 @@
 """File hashes: what an output's identity is computed from.
 
 Hashing a 90 MB model takes a second; a rerun that changed nothing must take less, so hashes are
-remembered by the file's stat (:class:`HashCache`). The Python sources of editable installs are
-hashed as well: their code moves without their version moving.
+remembered by the file's stat (:class:`HashCache`). The Python sources of fxopt and its plugins
+are hashed as well: an editable install's code moves without its version moving, and two wheels
+of one version (a rebuild, a local fix) hold different code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from .atomic import write_atomic
 from .entries import file_sha256, read_json_object
 
 
@@ -51,12 +53,8 @@ class HashCache:
         """Remember the hashes; a cache that cannot be written costs re-hashing, nothing more."""
         if self.path is None or not self.dirty:
             return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.known), encoding="utf-8")
-            tmp.replace(self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            write_atomic(self.path, json.dumps(self.known))
 
 
 def _stat_record(value: object) -> bool:
@@ -79,23 +77,38 @@ def model_files(model_path: Path) -> list[Path]:
     )
 
 
-def editable_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
-    """``{distribution: digest of its project's Python files}`` for each named distribution
-    installed in editable mode (``pip install -e``, PEP 610's ``dir_info.editable``).
+def installed_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
+    """``{distribution: digest of its Python files}`` for each named distribution: the
+    project's files for an editable install (``pip install -e``, PEP 610's
+    ``dir_info.editable``), else the ``.py`` files its ``RECORD`` lists (a distribution
+    without one is left out: nothing says which files are its code).
 
-    Someone developing fxopt or a plugin changes its code without changing its version; keyed
-    on the version alone, the cache would hand back outputs the old code built.
+    Someone developing fxopt or a plugin changes its code without changing its version, and a
+    wheel rebuilt or patched in place keeps its version too; keyed on the version alone, the
+    cache would hand back outputs the old code built.
     """
     found = {}
     for name in names:
         root = _editable_root(name)
-        if root is None:
+        files = _project_sources(root) if root is not None else _recorded_sources(name)
+        if not files:
             continue
+        base = root or Path(os.path.commonpath([str(f.parent) for f in files]))
         digest = hashlib.sha256()
-        for file in _project_sources(root):
-            digest.update(f"{file.relative_to(root).as_posix()}:{hashes.sha256(file)}\n".encode())
+        for file in files:
+            digest.update(f"{file.relative_to(base).as_posix()}:{hashes.sha256(file)}\n".encode())
         found[name] = digest.hexdigest()
     return found
+
+
+def _recorded_sources(name: str) -> list[Path]:
+    """The ``.py`` files that the installed distribution ``name`` lists in its ``RECORD``."""
+    try:
+        listed = md.distribution(name).files or []
+    except md.PackageNotFoundError:
+        return []
+    located = (Path(str(f.locate())) for f in listed if f.suffix == ".py")
+    return sorted(p for p in located if p.is_file())
 
 
 def _editable_root(name: str) -> Path | None:

@@ -26,6 +26,7 @@ from typing import Any
 from fxopt.engine.console import Output
 from fxopt.engine.errors import OutputError
 
+from .atomic import write_atomic
 from .entries import SEAL, discard, read_json_object, sweep_temporaries
 
 MARKER = "fxopt-cache.json"
@@ -186,12 +187,7 @@ class CacheRoot:
         return removed
 
     def _write_marker(self, data: dict[str, Any]) -> None:
-        tmp = self.marker.with_name(f".{MARKER}.{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, self.marker)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.marker, json.dumps(data, indent=1) + "\n")
 
 
 def _size(path: Path, skip: set[Path] | frozenset[Path] = frozenset()) -> int:
