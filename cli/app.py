@@ -18,11 +18,8 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,8 +28,9 @@ from typing import NoReturn
 import click
 from click.shell_completion import CompletionItem
 
-from fxopt.engine import errors
+from fxopt.engine import errors, interrupts
 from fxopt.engine.errors import BudgetError, FxoptError, OutputError, RecipeError, environment_error
+from fxopt.engine.interrupts import Terminated
 from fxopt.run import library_log
 
 PATH = click.Path(path_type=Path)  # no exists=True: the engine's own errors name file and fix
@@ -80,26 +78,6 @@ def _handle(handler, args: SimpleNamespace, output) -> int:
         return errors.EXIT_INTERNAL
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is so that every ``with`` and ``finally`` on the
-    way out runs: staging directories and unfinished cache entries are removed."""
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    def terminate(signum, frame):
-        raise Terminated()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Command(click.Command):
     """A command whose callback takes ``(args, output)`` and ends in an exit code; it runs
     inside :func:`_handle`, before click could turn a Ctrl-C into its own ``Abort``."""
@@ -108,7 +86,7 @@ class _Command(click.Command):
         from fxopt.engine.console import Output
 
         output = Output(quiet=ctx.params.get("quiet", False) or ctx.params.get("json", False))
-        with _signals_interrupt(), library_log.collected():
+        with interrupts.handling(), library_log.collected():
             params = {k: list(v) if isinstance(v, tuple) else v for k, v in ctx.params.items()}
             return _handle(self.callback, SimpleNamespace(**params), output)
 

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fxopt.engine.interrupts import raise_if_pending
+
 from .output_guard import relative_files
 from .staging import pid_alive
 
@@ -101,6 +103,7 @@ def new_entry(entry: Path) -> Iterator[Path]:
     try:
         tmp.mkdir()
         yield tmp
+        raise_if_pending()  # what an interrupted computation left is no entry
         seal(tmp)
         with contextlib.suppress(FileExistsError, OSError):
             if not entry.exists():

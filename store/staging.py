@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fxopt.engine.errors import OutputError
+from fxopt.engine.interrupts import raise_if_pending
 
 from .output_guard import Seen, foreign_content, observe
 
@@ -59,8 +60,10 @@ class StagedDir:
         return self.path
 
     def commit(self) -> None:
-        """Move the finished directory into place (replacing only what was seen at start)."""
+        """Move the finished directory into place (replacing only what was seen at start);
+        not when an interrupt arrived and something on the way swallowed it."""
         assert self.path is not None
+        raise_if_pending()
         normalize_modes(self.path)
         with parent_lock(self.target.parent):
             now = observe(self.target)

@@ -232,6 +232,41 @@ def test_a_signal_leaves_nothing_behind(tmp_path, tiny_bert_dir, signum):
     assert not list((tmp_path / "cache").rglob(".*.tmp"))
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_something_swallowed_still_stops_the_commit(tmp_path, signum):
+    """A library that catches ``KeyboardInterrupt`` (or a ``__del__``, whose exceptions the
+    interpreter drops) must not turn Ctrl-C into a finished, published output."""
+    import signal
+    import time
+
+    from fxopt.engine import interrupts
+    from fxopt.store.entries import new_entry
+
+    target = tmp_path / "out"
+    with interrupts.handling():
+        staged = StagedDir(target, Seen(exists=False))
+        with staged as tmp:
+            (tmp / "model.onnx").write_text("half of a model")
+            try:
+                os.kill(os.getpid(), getattr(signal, signum))
+                time.sleep(1)  # the handler raises here
+            except KeyboardInterrupt:
+                pass  # swallowed, as some libraries do
+            with pytest.raises(KeyboardInterrupt) as caught:
+                staged.commit()
+            assert isinstance(caught.value, interrupts.Terminated) == (signum == "SIGTERM")
+            with pytest.raises(KeyboardInterrupt), new_entry(tmp_path / "cache" / "key") as entry:
+                (entry / "result.pt").write_text("half of a result")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    assert not list((tmp_path / "cache").iterdir())
+    # the handlers gone, the interrupt is forgotten: the next run commits
+    again = StagedDir(target, Seen(exists=False))
+    with again as tmp:
+        (tmp / "model.onnx").write_text("whole")
+        again.commit()
+    assert (target / "model.onnx").read_text() == "whole"
+
+
 def test_disk_full_while_lowering_is_one_clean_message(capsys, recipe, model_copy, tmp_path):
     import errno
 
