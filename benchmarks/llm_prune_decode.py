@@ -12,8 +12,8 @@ multiply-add per weight, plus the attention over the cache:
 its query heads) removes a known share of each; the LM head and the embedding table stay. At
 equal precision and equal kernel efficiency a step speeds up by as much as its work shrinks,
 so the ratio printed is what pruning alone should give on the same backend. It is an
-estimate, not a ceiling: kernels can run the pruned model's smaller matrices more
-efficiently (one measured run went past it). Counted from the config's sizes (Llama-style:
+estimate, not a ceiling (kernels may run smaller matrices more or less efficiently), but the
+longer measured runs land on it. Counted from the config's sizes (Llama-style:
 grouped-query attention, SwiGLU FFN, biases left out).
 
 **The measurement** (``--measure SHAPE``): ``llm_decode.py``'s fp32 and pruned-fp32 artifacts
