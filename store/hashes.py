@@ -81,7 +81,7 @@ def installed_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
     """``{distribution: digest of its Python files}`` for each named distribution: the
     project's files for an editable install (``pip install -e``, PEP 610's
     ``dir_info.editable``), else the ``.py`` files its ``RECORD`` lists (a distribution
-    without one is left out: nothing says which files are its code).
+    with neither is left out: nothing says which files are its code).
 
     Someone developing fxopt or a plugin changes its code without changing its version, and a
     wheel rebuilt or patched in place keeps its version too; keyed on the version alone, the
@@ -89,8 +89,7 @@ def installed_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
     """
     found = {}
     for name in names:
-        root = _editable_root(name)
-        files = _project_sources(root) if root is not None else _recorded_sources(name)
+        root, files = _sources_of(name)
         if not files:
             continue
         base = root or Path(os.path.commonpath([str(f.parent) for f in files]))
@@ -101,27 +100,29 @@ def installed_sources(names: list[str], hashes: HashCache) -> dict[str, str]:
     return found
 
 
-def _recorded_sources(name: str) -> list[Path]:
-    """The ``.py`` files that the installed distribution ``name`` lists in its ``RECORD``."""
-    try:
-        listed = md.distribution(name).files or []
-    except md.PackageNotFoundError:
-        return []
-    located = (Path(str(f.locate())) for f in listed if f.suffix == ".py")
-    return sorted(p for p in located if p.is_file())
-
-
-def _editable_root(name: str) -> Path | None:
-    """The project directory of an editable install of ``name``, else ``None``. Every
-    metadata directory of that name is asked: run from a setuptools project's root, its
-    ``*.egg-info`` (no ``direct_url.json``) comes before the installed one."""
+def _sources_of(name: str) -> tuple[Path | None, list[Path]]:
+    """``(project root or None, .py files)`` of the distribution ``name`` that imports: the
+    first metadata directory of that name on the path that says where its code is. One
+    without ``direct_url.json`` or ``RECORD`` is passed over: run from a setuptools
+    project's root, its ``*.egg-info`` comes before the installed distribution."""
     for dist in md.distributions(name=name):
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            info = json.loads(dist.read_text("direct_url.json") or "null")
-            url = info.get("url", "")
-            if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
-                root = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-                return root if root.is_dir() else None
+        editable = _editable_url(dist)
+        if editable is not None:
+            root = Path(urllib.parse.unquote(urllib.parse.urlparse(editable).path))
+            return (root, _project_sources(root)) if root.is_dir() else (None, [])
+        if dist.read_text("RECORD") is not None:
+            located = (Path(str(f.locate())) for f in dist.files or [] if f.suffix == ".py")
+            return None, sorted(p for p in located if p.is_file())
+    return None, []
+
+
+def _editable_url(dist: md.Distribution) -> str | None:
+    """The ``file://`` project URL of an editable install, else ``None``."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        info = json.loads(dist.read_text("direct_url.json") or "null")
+        url = info.get("url", "")
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            return url
     return None
 
 

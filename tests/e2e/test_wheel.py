@@ -67,3 +67,20 @@ def test_wheel_installs_and_runs_from_outside_the_repo(tmp_path):
         text=True,
     ).stdout
     assert where.startswith(site), where
+
+    # the build key follows the installed code, not only the version: a patched install of
+    # the same version does not reuse what the unpatched one built
+    digest = [
+        str(venv / "bin" / "python"),
+        "-c",
+        "import json; from fxopt.store.hashes import HashCache, installed_sources; "
+        "print(json.dumps(installed_sources(['fxopt'], HashCache(None))))",
+    ]
+    before = json.loads(
+        subprocess.run(digest, cwd=tmp_path, check=True, capture_output=True).stdout
+    )
+    assert set(before) == {"fxopt"}
+    patched = Path(site, "fxopt", "engine", "interrupts.py")
+    patched.write_text(patched.read_text() + "\n# a local fix\n")
+    after = json.loads(subprocess.run(digest, cwd=tmp_path, check=True, capture_output=True).stdout)
+    assert after != before
