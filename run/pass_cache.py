@@ -3,8 +3,10 @@
 The key of pass *i* hashes the model, data, plugin and version fingerprint of the build cache,
 the recipe's model/data/target sections, of ``[verify]`` only what a pass record holds (the
 per-pass numerics' sample count: the budget's bounds judge records, they do not make them),
-and the names and configs of passes 0..i. A rerun that changes only a later pass, the lowering
-or the budget resumes from the deepest cached result instead of recalibrating or retraining.
+and the names and configs of passes 0..i. A rerun that changes only a later pass or the budget
+resumes from the deepest cached result instead of recalibrating or retraining. The target is
+in every key: a pass may read it (the half-precision casts refuse a dtype the backend cannot
+run), so a different backend or backend option computes the passes again.
 Only passes that took at least ``MIN_SECONDS`` are stored: re-running a cheap pass is faster
 than saving and loading a graph.
 

@@ -322,8 +322,9 @@ class SearchSection(Strict):
     """What ``optimize search`` varies and what it minimizes; a plain run ignores it.
 
     Each key of ``space`` names one value of the recipe: ``passes.<pass name>.<config key>``
-    (``passes[<index>].<config key>`` when the pass appears twice), ``target.backend`` or
-    ``target.options.<key>``. The candidates are every combination of the listed values."""
+    (``passes[<index>].<config key>`` when the pass appears twice), ``target.backend``,
+    ``target.options.<key>`` or ``target`` (whole ``[target]`` tables, one per lowering). The
+    candidates are every combination of the listed values."""
 
     space: dict[str, list[Any]] = Field(
         min_length=1,

@@ -35,7 +35,7 @@ from fxopt.run.toml_compat import tomllib
 from fxopt.store.atomic import write_atomic
 from fxopt.store.output_guard import check_placement
 from fxopt.store.root import locate
-from fxopt.testing.toml_text import recipe_toml
+from fxopt.testing.toml_text import recipe_toml, toml_value
 
 from . import frontier
 from .evaluate import (
@@ -148,7 +148,7 @@ def _one(
     ledger: PassLedger,
 ) -> Outcome:
     """Run one candidate, or skip it when its first passes are a dropped candidate's."""
-    shown = ", ".join(f"{k} = {v!r}" for k, v in candidate.values.items())
+    shown = ", ".join(f"{k} = {toml_value(v)}" for k, v in candidate.values.items())
     if (by := ledger.dropped_by(candidate.recipe)) is not None:
         return Outcome(
             candidate.id,
@@ -329,6 +329,6 @@ def _materialize(state: SearchState, by_id: dict[str, Candidate], out: Path) -> 
         return
     shutil.copytree(out / "candidates" / state.winner, out / "winner")
     concrete = {k: v for k, v in by_id[state.winner].data.items() if k != "search"}
-    values = "\n".join(f"#   {k} = {v!r}" for k, v in by_id[state.winner].values.items())
+    values = "\n".join(f"#   {k} = {toml_value(v)}" for k, v in by_id[state.winner].values.items())
     header = f"# the winner of `optimize search` over {state.recipe}:\n{values}\n"
     write_atomic(out / "winner.toml", header + recipe_toml(concrete))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fxopt.store.atomic import write_atomic
+from fxopt.testing.toml_text import toml_value
 
 from .evaluate import PASSED, Outcome
 
@@ -96,7 +97,8 @@ def markdown(state: SearchState) -> str:
 
 def cache_share(state: SearchState) -> str:
     alone = state.alone_seconds
-    share = 1 - state.seconds / alone if alone > 0 else 0.0
+    # nothing shared: the search's own bookkeeping makes it a hair slower, not "-0%" faster
+    share = max(0.0, 1 - state.seconds / alone) if alone > 0 else 0.0
     return (
         f"search {state.seconds:.0f} s; the same candidates run one by one: {alone:.0f} s "
         f"(their passes at the time they took when computed); the pass cache and dropped "
@@ -125,7 +127,10 @@ def table(outcomes: list[Outcome], front: list[str]) -> list[str]:
 
 
 def values_text(o: Outcome) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in o.values.items())
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={toml_value(v) if isinstance(v, dict) else v}"
+        for k, v in o.values.items()
+    )
 
 
 def number(value: float | None, digits: int, unit: str = "") -> str:

@@ -7,6 +7,12 @@ A key of ``[search.space]`` names one value of the recipe::
     "passes.finetune.distill.hidden" = [1.0, 4.0]   # a key inside a nested config table
     "target.backend" = ["onnxruntime", "torch"]
     "target.options.graph_optimization_level" = ["extended", "all"]
+    "target" = [{ backend = "onnxruntime" }, { backend = "torch", options = { compile = true } }]
+
+The last form replaces the whole ``[target]`` table: which lowering is fastest depends on the
+CPU (int8 on an AMX Xeon runs faster through torch.compile, on an AMD EPYC through ONNX
+Runtime), and each backend has options of its own, so ``target.backend`` crossed with
+``target.options.*`` would make candidates with options their backend refuses.
 
 Every key is checked before any work (the pass exists, the key is one of its config's), and
 so is every candidate: each is bound to the plugins like a recipe of its own, so a value the
@@ -30,11 +36,12 @@ from fxopt.engine.errors import RecipeError
 from fxopt.engine.plugin_host import PluginHost
 from fxopt.run.bind import bind
 from fxopt.run.recipe import Recipe, parse_recipe
+from fxopt.testing.toml_text import toml_value
 
 _BY_INDEX = re.compile(r"passes\[(\d+)\](?:\.config)?\.(.+)")
 FORMS = (
-    "passes.<pass name>.<config key>, passes[<index>].<config key>, target.backend or "
-    "target.options.<option>"
+    "passes.<pass name>.<config key>, passes[<index>].<config key>, target.backend, "
+    "target.options.<option> or target (whole tables: [{ backend = ... , options = {...} }])"
 )
 
 
@@ -69,6 +76,14 @@ def dimensions(recipe: Recipe, host: PluginHost) -> list[Dimension]:
     """The space's keys, resolved against the recipe's passes and checked against their
     configs (``recipe.search`` must be set)."""
     assert recipe.search is not None
+    keys = list(recipe.search.space)
+    if "target" in keys and (inside := [k for k in keys if k.startswith("target.")]):
+        raise RecipeError(
+            f"'target' (whole tables) and {inside[0]!r} both set the [target] table",
+            file=recipe.label,
+            field=f"search.space.{inside[0]!r}",
+            fix=f"put the values of {inside[0]!r} into the 'target' tables instead",
+        )
     found = [
         Dimension(key, _path(key, recipe, host), tuple(values))
         for key, values in recipe.search.space.items()
@@ -92,7 +107,7 @@ def candidates(
         for dim, value in zip(dims, combo, strict=True):
             _assign(concrete, dim.path, value)
             values[dim.key] = value
-        shown = ", ".join(f"{k} = {v!r}" for k, v in values.items())
+        shown = ", ".join(f"{k} = {toml_value(v)}" for k, v in values.items())
         try:
             candidate = parse_recipe(concrete, source=recipe.source)
             bind(candidate, host)
@@ -116,6 +131,17 @@ def count(recipe: Recipe) -> int:
 
 def _path(key: str, recipe: Recipe, host: PluginHost) -> tuple[str | int, ...]:
     field = f"search.space.{key!r}"
+    if key == "target":
+        values = recipe.search.space[key] if recipe.search else []
+        if bad := [v for v in values if not isinstance(v, dict)]:
+            raise RecipeError(
+                f"the values of 'target' are whole [target] tables, not {bad[0]!r}",
+                file=recipe.label,
+                field=field,
+                fix='write each as { backend = "torch", options = { compile = true } }, or '
+                "vary one value with 'target.backend' / 'target.options.<option>'",
+            )
+        return ("target",)
     if key == "target.backend":
         return ("target", "backend")
     if key.startswith("target.options.") and len(key) > len("target.options."):

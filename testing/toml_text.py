@@ -22,7 +22,7 @@ def to_toml(table: dict[str, Any]) -> str:
         if isinstance(value, dict):
             nested.append((key, value))
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{_key(key)} = {toml_value(value)}")
     for key, value in nested:
         lines.append(f"{_key(key)} = {_inline(value)}")
     return "\n".join(lines) + "\n"
@@ -64,7 +64,7 @@ def _write_table(
         if isinstance(value, dict) or _is_table_array(value):
             children.append((key, value))
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{_key(key)} = {toml_value(value)}")
     if array_item:
         blocks.append("\n".join([f"[[{_dotted(path)}]]", *lines]))
     elif path and (lines or not children):
@@ -101,7 +101,8 @@ def _string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A value as TOML writes it (tables inline): ``{backend = "torch", options = {...}}``."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -109,11 +110,11 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return _inline(value)
     raise TypeError(f"{type(value).__name__} has no TOML form")
 
 
 def _inline(table: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in table.items()) + "}"
+    return "{" + ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in table.items()) + "}"

@@ -154,6 +154,22 @@ def test_no_candidate_within_the_budget_exits_3_and_still_writes_the_table(
             ["makes 3 candidates, more than the limit of 2", "--max-candidates 3"],
         ),
         ({"space": {"passes.prune.structured.ffn": []}}, ["lists no values"]),
+        (
+            {"space": {"target": ["torch"]}},
+            ["the values of 'target' are whole [target] tables, not 'torch'", "backend ="],
+        ),
+        (
+            {"space": {"target": [{"backend": "torch"}], "target.backend": ["onnxruntime"]}},
+            ["'target' (whole tables) and 'target.backend' both set the [target] table"],
+        ),
+        (
+            {
+                "space": {
+                    "target": [{"backend": "torch", "options": {"graph_optimization_level": 1}}]
+                }
+            },
+            ['the candidate target = {backend = "torch", options = ', "graph_optimization_level"],
+        ),
     ],
 )
 def test_bad_search_spaces_are_refused_before_any_work(
@@ -214,3 +230,27 @@ def test_validate_checks_the_search_space_too(capsys, tmp_path):
     assert "search space: 4 candidates" in result.err
     bad = search_recipe(tmp_path, space={"passes.prune.structured.ffn": [2.0]})
     assert_clean_failure(run_cli(capsys, "validate", bad), 2, "ffn = 2.0", "less than 1")
+
+
+def test_whole_target_tables_search_the_lowerings(capsys, tmp_path, tiny_bert_dir):
+    """Each backend with options of its own: the candidates bind, run and are ranked, and
+    the winner's recipe holds the whole table it was built with."""
+    targets = [
+        {"backend": "onnxruntime", "options": {"graph_optimization_level": "extended"}},
+        {"backend": "torch", "options": {"onnx": False}},
+    ]
+    recipe = search_recipe(tmp_path, space={"target": targets})
+    out = tmp_path / "search"
+    result = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out)
+    assert result.code == 0, result.err
+    assert 'target = {backend = "torch", options = {onnx = false}}' in result.err
+    state = json.loads((out / "search.json").read_text())
+    assert [c["values"]["target"] for c in state["candidates"]] == targets
+    assert [c["status"] for c in state["candidates"]] == ["passed", "passed"]
+    for candidate, target in zip(state["candidates"], targets, strict=True):
+        report = json.loads((out / "candidates" / candidate["id"] / "report.json").read_text())
+        assert report["target"]["backend"] == target["backend"]
+    winner = next(c for c in state["candidates"] if c["id"] == state["winner"])
+    concrete = tomllib.loads((out / "winner.toml").read_text())
+    assert concrete["target"] == winner["values"]["target"]
+    assert "backend = " in (out / "search.md").read_text()

@@ -83,6 +83,8 @@ def test_the_state_round_trips_and_renders(tmp_path):
     assert "winner: **c2** (ffn=0.1)" in text
     assert "search 10 s; the same candidates run one by one: 20 s" in text and "saved 50%" in text
     assert "| c5 |" in text and "dropped: a; b" in text
+    state.seconds = 20.4  # nothing shared: not "-2%"
+    assert "saved 0%" in markdown(state)
     picture = svg(again, 0.95)
     assert picture.count("<circle") == 5  # four timed candidates and the winner's ring
     assert 'stroke-dasharray="4 3"' in picture  # the budget's cosine
