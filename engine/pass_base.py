@@ -134,6 +134,13 @@ class Pass:
     #: (a fine-tune does; a pruner or a quantizer only moves it further away). ``optimize
     #: search`` drops a candidate once a pass misses the budget and no later pass recovers.
     recovers: ClassVar[bool] = False
+    #: whether the pass's result may depend on the recipe's ``[target]`` (it reads
+    #: ``ctx.recipe.target``: the half-precision casts refuse a dtype the backend cannot
+    #: run). The pass cache keys the result of such a pass, and of every pass after it, on
+    #: the target; the others are shared across lowerings, so a search over the backend
+    #: distils once. True unless a pass says otherwise: a plugin's pass that reads the target
+    #: is never handed a result computed for another.
+    reads_target: ClassVar[bool] = True
 
     def __init__(self, config: PassConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -28,6 +28,7 @@ class Config(PassConfig):
 
 class ConstantFold(Pass):
     name = "cleanup.constant_fold"
+    reads_target = False
     may_change_nothing = True
     edits_weights_in_place = False  # folded values are new buffers
     Config = Config

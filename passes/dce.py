@@ -13,6 +13,7 @@ from fxopt.engine.pass_base import Pass, PassResult
 
 class DeadCodeElimination(Pass):
     name = "cleanup.dce"
+    reads_target = False
     may_change_nothing = True
     edits_weights_in_place = False  # graph edits only
 

@@ -21,6 +21,7 @@ DROPOUT_OPS = {
 
 class RemoveDropout(Pass):
     name = "cleanup.dropout"
+    reads_target = False
     may_change_nothing = True
     edits_weights_in_place = False  # graph edits only
 

@@ -91,7 +91,7 @@ def execute(
             )
             run.pass_cache = PassCache(
                 build.cache_dir / "passes" if build.cache_dir else None,
-                prefix_keys(build.components),
+                prefix_keys(build.components, [p.reads_target for p in run.plan.passes]),
                 output,
             )
             run.plan.backend.check_available()

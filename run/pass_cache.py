@@ -4,9 +4,10 @@ The key of pass *i* hashes the model, data, plugin and version fingerprint of th
 the recipe's model/data/target sections, of ``[verify]`` only what a pass record holds (the
 per-pass numerics' sample count: the budget's bounds judge records, they do not make them),
 and the names and configs of passes 0..i. A rerun that changes only a later pass or the budget
-resumes from the deepest cached result instead of recalibrating or retraining. The target is
-in every key: a pass may read it (the half-precision casts refuse a dtype the backend cannot
-run), so a different backend or backend option computes the passes again.
+resumes from the deepest cached result instead of recalibrating or retraining. The target
+enters the keys from the first pass that reads it (``Pass.reads_target``: the half-precision
+casts refuse a dtype the backend cannot run; a plugin's pass reads it unless it says not), so a
+change of backend reuses the passes before that one: a search over the lowering distils once.
 Only passes that took at least ``MIN_SECONDS`` are stored: re-running a cheap pass is faster
 than saving and loading a graph.
 
@@ -40,15 +41,24 @@ MIN_SECONDS = 1.0
 RECORD_VERIFY_KEYS = ("pass_samples",)
 
 
-def prefix_keys(components: dict[str, Any]) -> list[str]:
-    """One key per pass: the inputs plus the recipe up to and including that pass."""
+def prefix_keys(components: dict[str, Any], reads_target: list[bool] | None = None) -> list[str]:
+    """One key per pass: the inputs plus the recipe up to and including that pass.
+
+    ``reads_target``: each pass's ``Pass.reads_target``. The ``[target]`` table enters the key
+    of the first pass that reads it and of every pass after it; without the list (or with one
+    that does not match the passes), it enters every key."""
     recipe = components["recipe"]
+    specs = recipe["passes"]
+    if reads_target is None or len(reads_target) != len(specs):
+        reads_target = [True] * len(specs)
     base = {k: v for k, v in components.items() if k != "recipe"}
-    base["recipe"] = {k: v for k, v in recipe.items() if k not in ("passes", "verify")}
+    base["recipe"] = {k: v for k, v in recipe.items() if k not in ("passes", "verify", "target")}
     base["recipe"]["verify"] = {k: recipe.get("verify", {}).get(k) for k in RECORD_VERIFY_KEYS}
     keys, passes = [], []
-    for spec in recipe["passes"]:
+    for spec, reads in zip(specs, reads_target, strict=True):
         passes.append(spec)
+        if reads and "target" not in base["recipe"]:
+            base["recipe"]["target"] = recipe.get("target")
         text = json.dumps({**base, "passes": passes}, sort_keys=True, separators=(",", ":"))
         keys.append(hashlib.sha256(text.encode("utf-8")).hexdigest())
     return keys

@@ -41,6 +41,7 @@ class Finetune(Pass):
     """Fine-tune the graph: task loss or distillation, adversarial training, AMP, DDP/FSDP."""
 
     name = "finetune"
+    reads_target = False
     Config = FinetuneConfig
     needs_data = ("finetune",)
     recovers = True  # distillation and fine-tuning win back what earlier passes cost

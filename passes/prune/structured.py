@@ -52,6 +52,7 @@ SHOWN = 8
 
 class StructuredPrune(Pass):
     name = "prune.structured"
+    reads_target = False
     Config = PruneConfig
 
     def run(self, ir, ctx: PassContext) -> PassResult:

@@ -58,6 +58,7 @@ from .sensitivity import Selection, select_float_layers
 
 class QuantizeInt8(Pass):
     name = "quantize.int8"
+    reads_target = False
     Config = Int8Config
     needs_data = ("calibration",)
 

@@ -37,6 +37,7 @@ MIN_SCALE = 1e-5
 
 class SmoothQuant(Pass):
     name = "quantize.smoothquant"
+    reads_target = False
     Config = SmoothQuantConfig
     edits_weights_in_place = False  # scaled weights are new tensors
     needs_data = ("calibration",)

@@ -146,6 +146,7 @@ class QuantizeWeightOnly(Pass):
     See the module docstring and docs/quantization.md."""
 
     name = "quantize.weight_only"
+    reads_target = False
     Config = WeightOnlyConfig
     #: packed weights are new constants; GPTQ updates a copy of each weight
     edits_weights_in_place = False

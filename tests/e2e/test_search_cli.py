@@ -232,9 +232,13 @@ def test_validate_checks_the_search_space_too(capsys, tmp_path):
     assert_clean_failure(run_cli(capsys, "validate", bad), 2, "ffn = 2.0", "less than 1")
 
 
-def test_whole_target_tables_search_the_lowerings(capsys, tmp_path, tiny_bert_dir):
-    """Each backend with options of its own: the candidates bind, run and are ranked, and
-    the winner's recipe holds the whole table it was built with."""
+def test_whole_target_tables_search_the_lowerings(capsys, tmp_path, tiny_bert_dir, monkeypatch):
+    """Each backend with options of its own: the candidates bind, run and are ranked, the
+    second lowering reuses the passes the first computed, and the winner's recipe holds the
+    whole table it was built with."""
+    from fxopt.run import pass_cache
+
+    monkeypatch.setattr(pass_cache, "MIN_SECONDS", 0.0)  # cache every pass's result
     targets = [
         {"backend": "onnxruntime", "options": {"graph_optimization_level": "extended"}},
         {"backend": "torch", "options": {"onnx": False}},
@@ -247,6 +251,8 @@ def test_whole_target_tables_search_the_lowerings(capsys, tmp_path, tiny_bert_di
     state = json.loads((out / "search.json").read_text())
     assert [c["values"]["target"] for c in state["candidates"]] == targets
     assert [c["status"] for c in state["candidates"]] == ["passed", "passed"]
+    first, second = state["candidates"]
+    assert first["cached_passes"] == 0 and second["cached_passes"] >= 2, state["candidates"]
     for candidate, target in zip(state["candidates"], targets, strict=True):
         report = json.loads((out / "candidates" / candidate["id"] / "report.json").read_text())
         assert report["target"]["backend"] == target["backend"]
