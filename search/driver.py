@@ -46,7 +46,6 @@ from .evaluate import (
     PassLedger,
     SearchPlugin,
     evaluate,
-    prefix,
 )
 from .results import STATE, SearchState, load_state, write_summary
 from .space import Candidate, Dimension, candidates, count, dimensions
@@ -86,14 +85,14 @@ def search(
         out, protected_paths(recipe, model_path, location.path), what="search directory"
     )
     host = load_plugins(only=options.run.plugins)
-    ledger = PassLedger()
+    ledger = PassLedger(host)
     host.register(SearchPlugin(host, ledger), name="fxopt-search")
     dims, found = plan_candidates(recipe, host, options.max_candidates)
     state = _claim(out, recipe, model_path, options, len(found), output)
     by_id = {c.id: c for c in found}
     for o in state.outcomes:
         if o.dropped_at is not None and o.id in by_id:
-            ledger.dropped[prefix(by_id[o.id].recipe, o.dropped_at)] = o.id
+            ledger.drop(by_id[o.id].recipe, o.dropped_at, o.id)
     if not options.run.use_cache:
         output.warn("--no-cache: candidates that share passes compute them again")
     goal = "fastest" if recipe.search.objective == "latency" else "smallest"  # type: ignore[union-attr]

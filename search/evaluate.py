@@ -126,22 +126,30 @@ class PassLedger:
     """What each pass prefix cost when it was computed, and which prefixes missed the budget:
     a later candidate whose passes start with a dropped prefix is skipped without a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
         self.costs: dict[str, float] = {}
         self.dropped: dict[str, str] = {}  # prefix -> the candidate that dropped there
 
     def computed(self, recipe: Recipe, index: int, seconds: float) -> None:
-        self.costs[prefix(recipe, index)] = seconds
+        self.costs[self._prefix(recipe, index)] = seconds
+
+    def drop(self, recipe: Recipe, index: int, candidate: str) -> None:
+        self.dropped[self._prefix(recipe, index)] = candidate
 
     def cost(self, recipe: Recipe, upto: int) -> float:
         """Seconds passes 0..upto took when computed (0 for those never seen computed)."""
-        return sum(self.costs.get(prefix(recipe, i), 0.0) for i in range(upto + 1))
+        return sum(self.costs.get(self._prefix(recipe, i), 0.0) for i in range(upto + 1))
 
     def dropped_by(self, recipe: Recipe) -> str | None:
         for index in range(len(recipe.passes)):
-            if (by := self.dropped.get(prefix(recipe, index))) is not None:
+            if (by := self.dropped.get(self._prefix(recipe, index))) is not None:
                 return by
         return None
+
+    def _prefix(self, recipe: Recipe, index: int) -> str:
+        reads = [self.host.passes.get(spec.name).reads_target for spec in recipe.passes]
+        return prefix(recipe, index, reads)
 
 
 def miss(metric: str, value: float | None, field: str, bound: float) -> str:
@@ -152,12 +160,15 @@ def miss(metric: str, value: float | None, field: str, bound: float) -> str:
     return f"{metric} {value:.4g} against {field} = {bound:g}"
 
 
-def prefix(recipe: Recipe, index: int) -> str:
+def prefix(recipe: Recipe, index: int, reads_target: list[bool]) -> str:
     """The recipe up to pass ``index``, budget included: within one search (one model, one
-    data set) it names a pass result the way the pass cache's key does, and a prefix dropped
-    under this budget."""
+    data set) it names a pass result the way the pass cache's key does (the target only once
+    a pass that reads it has run: ``Pass.reads_target``), and a prefix dropped under this
+    budget."""
     data = recipe.model_dump(mode="json", exclude={"search"})
     data["passes"] = data["passes"][: index + 1]
+    if not any(reads_target[: index + 1]):
+        del data["target"]
     return json.dumps(data, sort_keys=True)
 
 
@@ -196,7 +207,7 @@ def evaluate(
         report = getattr(exc, "report", None)
         outcome.status = OVER_BUDGET
     except Dropped as exc:
-        ledger.dropped[prefix(candidate.recipe, exc.index)] = candidate.id
+        ledger.drop(candidate.recipe, exc.index, candidate.id)
         outcome.status, outcome.message = DROPPED, f"passes[{exc.index}] {exc.name}"
         outcome.dropped_at = exc.index
         outcome.misses = exc.misses

@@ -260,3 +260,16 @@ def test_whole_target_tables_search_the_lowerings(capsys, tmp_path, tiny_bert_di
     concrete = tomllib.loads((out / "winner.toml").read_text())
     assert concrete["target"] == winner["values"]["target"]
     assert "backend = " in (out / "search.md").read_text()
+
+
+def test_a_prefix_dropped_under_one_lowering_skips_the_other(capsys, tmp_path, tiny_bert_dir):
+    """No pass of the recipe reads the target: the pruning that missed the budget under ONNX
+    Runtime misses it under torch too, so that candidate is skipped, not run again."""
+    targets = [{"backend": "onnxruntime"}, {"backend": "torch", "options": {"onnx": False}}]
+    recipe = search_recipe(tmp_path, max_rel_l2=1e-9, space={"target": targets})
+    out = tmp_path / "search"
+    result = run_cli(capsys, "search", recipe, tiny_bert_dir, "-o", out)
+    assert_clean_failure(result, 3, "no candidate met the budget")
+    state = json.loads((out / "search.json").read_text())
+    assert [c["status"] for c in state["candidates"]] == ["dropped", "skipped"]
+    assert "c1" in state["candidates"][1]["message"]
