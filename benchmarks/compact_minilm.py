@@ -33,7 +33,6 @@ import torch
 from int8_minilm import dynamic_peers, embed, fidelity
 from peers import interleaved
 
-from fxopt.cli.outputs import load_output, read_report
 from fxopt.engine.backend import Artifact
 from fxopt.engine.console import Output
 from fxopt.engine.data import DataContext
@@ -44,6 +43,7 @@ from fxopt.plugins.onnxruntime.backend import OnnxRuntimeBackend, OrtOptions, Or
 from fxopt.plugins.torch.backend import TorchOptions, TorchRunner
 from fxopt.run.capture import capture
 from fxopt.run.load import load_model
+from fxopt.run.output_dir import load_output, read_report
 from fxopt.run.recipe import DataSplit, load_recipe
 from fxopt.run.splits import build_splits
 

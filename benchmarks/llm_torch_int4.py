@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import llm_decode  # this folder's decode benchmark: its recipe and model writer
 
-from fxopt.cli.outputs import load_output
 from fxopt.engine import optimize
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
@@ -51,6 +50,7 @@ from fxopt.plugins.huggingface.causal_lm import CausalLMWithCache, cache_layout,
 from fxopt.plugins.huggingface.generation import Generator
 from fxopt.plugins.torch.backend import TorchOptions, TorchRunner
 from fxopt.run.options import RunOptions
+from fxopt.run.output_dir import load_output
 from fxopt.testing import recipe_toml
 from fxopt.testing.language_models import SHAPES
 

@@ -16,8 +16,7 @@ from fxopt.engine.errors import OutputError
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.plugins.huggingface.generation import PAST, Generator
 from fxopt.run import library_log
-
-from .outputs import load_output, read_report
+from fxopt.run.output_dir import load_output, read_report
 
 
 def generate_text(

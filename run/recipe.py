@@ -347,9 +347,34 @@ class SearchSection(Strict):
         "equal, and the best cosine among them wins: a median of a few dozen timed runs moves "
         "by a few percent between candidates that compute the same thing",
     )
+    finalists: int = Field(
+        default=4,
+        ge=0,
+        le=16,
+        description="at the end, this many of the fastest qualifying candidates are loaded "
+        "together and timed again side by side (interleaved rounds, beside the original model) "
+        "and the winner is ranked on those times: each candidate's own [verify] timing ran "
+        "minutes apart from the others' and moves by more than they differ; 0 turns it off",
+    )
+    final_margin: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="a finalist's [verify] latency is within this fraction of the fastest's",
+    )
     max_candidates: Annotated[
         int, at_most(MAX_SAMPLES, "narrow the search space, or search it in parts")
     ] = Field(default=64, ge=1, description="refuse larger spaces (--max-candidates overrides)")
+
+    @field_validator("finalists")
+    @classmethod
+    def _finalists(cls, count: int) -> int:
+        if count == 1:
+            raise problem(
+                "one finalist has nothing to be timed against",
+                "set finalists = 0 to rank on each candidate's own timing, or 2 or more",
+            )
+        return count
 
     @field_validator("space")
     @classmethod

@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from fxopt.engine.console import Output
-from fxopt.engine.errors import BudgetError, OutputError, RecipeError
+from fxopt.engine.errors import BudgetError, FxoptError, OutputError, RecipeError
 from fxopt.engine.plugin_host import PluginHost, load_plugins
 from fxopt.run.options import RunOptions
 from fxopt.run.plan import protected_paths, resolve_model
@@ -37,7 +37,7 @@ from fxopt.store.output_guard import check_placement
 from fxopt.store.root import locate
 from fxopt.testing.toml_text import recipe_toml, toml_value
 
-from . import frontier
+from . import finalists, frontier
 from .evaluate import (
     PASSED,
     SKIPPED,
@@ -121,6 +121,8 @@ def search(
         raise
     state.finished = True
     _summarize(state, recipe, out)
+    _final_round(state, recipe, out, host, output)
+    _summarize(state, recipe, out)
     _materialize(state, by_id, out)
     _summarize(state, recipe, out)
     if state.winner is None:
@@ -160,6 +162,31 @@ def _one(
     return evaluate(
         candidate, model_path, out / "candidates" / candidate.id, run, output, host, ledger
     )
+
+
+def _final_round(
+    state: SearchState, recipe: Recipe, out: Path, host: PluginHost, output: Output
+) -> None:
+    """Re-time the fastest qualifying candidates side by side (``finalists``); a round that
+    cannot run leaves the ranking on each candidate's own timing, and says so."""
+    try:
+        state.final = finalists.final_round(state.outcomes, recipe, out, host, output)
+    except FxoptError as exc:
+        state.final = None
+        output.warn(
+            "final round skipped, the winner is ranked on each candidate's own timing: "
+            + exc.render().splitlines()[0]
+        )
+        return
+    for o in state.outcomes:
+        if o.final_ms is not None:
+            speed = f", {o.final_speedup:.2f}x eager" if o.final_speedup else ""
+            output.step(
+                escape(
+                    f"final round: {o.id} {o.final_ms:.2f} ms{speed} (its own run timed "
+                    f"{o.latency_ms:.2f} ms)"
+                )
+            )
 
 
 def row(o: Outcome) -> str:
@@ -235,10 +262,10 @@ def _recipe_data(recipe: Recipe) -> dict:
 
 def _fingerprint(recipe: Recipe, model_path: Path) -> str:
     """What the candidates' results depend on: the recipe and the model, but not how the
-    winner is ranked (``objective``, ``latency_tie``), so a finished search can be resumed
-    with another ranking and re-ranks without running anything again."""
+    winner is ranked (``objective``, ``latency_tie``, the final round's), so a finished search
+    can be resumed with another ranking and re-ranks without running a candidate again."""
     data = recipe.model_dump(mode="json")
-    for ranking in ("objective", "latency_tie"):
+    for ranking in ("objective", "latency_tie", "finalists", "final_margin"):
         data["search"].pop(ranking, None)
     text = json.dumps({"recipe": data, "model": str(model_path.resolve())}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

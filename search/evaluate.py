@@ -50,6 +50,10 @@ class Outcome:
     #: the artifact's median latency and the eager model's, in ms ([verify] timing)
     latency_ms: float | None = None
     reference_ms: float | None = None
+    #: the final round's medians, timed interleaved with the other finalists and the
+    #: original model (``search.finalists``); the winner is ranked on these where set
+    final_ms: float | None = None
+    final_reference_ms: float | None = None
     #: the cosine against the original model (the weakest verification set's)
     cosine_mean: float | None = None
     cosine_min: float | None = None
@@ -76,6 +80,12 @@ class Outcome:
     def speedup(self) -> float | None:
         if self.latency_ms and self.reference_ms:
             return self.reference_ms / self.latency_ms
+        return None
+
+    @property
+    def final_speedup(self) -> float | None:
+        if self.final_ms and self.final_reference_ms:
+            return self.final_reference_ms / self.final_ms
         return None
 
     def to_json(self) -> dict[str, Any]:

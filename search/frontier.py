@@ -31,16 +31,24 @@ def frontier(outcomes: list[Outcome]) -> list[Outcome]:
 def winner(outcomes: list[Outcome], objective: str, latency_tie: float = 0.0) -> Outcome | None:
     """The fastest (or smallest) candidate that passed, the better cosine breaking ties.
 
-    With ``objective = "latency"``, every passing candidate within ``latency_tie`` (a
-    fraction) of the fastest one is a tie, and the best cosine among them wins: medians of
-    a few dozen timed runs differ by a few percent between candidates doing the same work, and
-    a search that crowned the lucky draw would trade fidelity for noise."""
+    With ``objective = "latency"``, the latencies ranked are the final round's where it ran
+    (the finalists, timed side by side; ``finalists``), else each candidate's own [verify]
+    timing. Every passing candidate within ``latency_tie`` (a fraction) of the fastest one is
+    a tie, and the best cosine among them wins: medians of a few dozen timed runs differ by a
+    few percent between candidates doing the same work, and a search that crowned the lucky
+    draw would trade fidelity for noise."""
     passed = [o for o in outcomes if o.status == PASSED]
     if not passed:
         return None
+    final = [o for o in passed if o.final_ms is not None]
+    if objective == "latency" and final:
+        passed = final
 
     def measure(o: Outcome) -> float:
-        first = o.latency_ms if objective == "latency" else o.size_bytes
+        if objective == "latency":
+            first = o.final_ms if o.final_ms is not None else o.latency_ms
+        else:
+            first = o.size_bytes
         return float("inf") if first is None else float(first)
 
     best = min(measure(o) for o in passed)

@@ -40,6 +40,8 @@ class SearchState:
     finished: bool = False
     #: the ``[search] latency_tie`` the winner was chosen with
     latency_tie: float = 0.0
+    #: the final round, when it ran: the finalists it timed side by side, the rounds, the shape
+    final: dict[str, Any] | None = None
 
     @property
     def alone_seconds(self) -> float:
@@ -87,6 +89,12 @@ def markdown(state: SearchState) -> str:
                 f"  - the best cosine among the qualifying candidates within "
                 f"{state.latency_tie:.0%} of the fastest latency (`latency_tie`)"
             )
+    if state.final:
+        lines.append(
+            f"- final round: {', '.join(state.final['finalists'])} timed side by side with the "
+            f"original model ({state.final['rounds']} interleaved rounds, "
+            f"{state.final['shape']}); the winner is ranked on these times (`final ms`)"
+        )
     elif state.finished:
         closest = f"; closest: {state.closest}" if state.closest else ""
         lines.append(f"- no candidate met the budget{closest}")
@@ -108,9 +116,9 @@ def cache_share(state: SearchState) -> str:
 
 def table(outcomes: list[Outcome], front: list[str]) -> list[str]:
     lines = [
-        "| candidate | values | status | latency ms | vs eager | cosine mean | cosine min "
-        "| size MB | seconds | cached passes | frontier |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | values | status | latency ms | vs eager | final ms | cosine mean "
+        "| cosine min | size MB | seconds | cached passes | frontier |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         status = o.status if not o.misses else f"{o.status}: {'; '.join(o.misses)}"
@@ -118,7 +126,7 @@ def table(outcomes: list[Outcome], front: list[str]) -> list[str]:
             status += f" ({o.message.splitlines()[0]})"
         lines.append(
             f"| {o.id} | {values_text(o)} | {status} | {number(o.latency_ms, 2)} | "
-            f"{number(o.speedup, 2, '×')} | {number(o.cosine_mean, 4)} | "
+            f"{number(o.speedup, 2, '×')} | {_final(o)} | {number(o.cosine_mean, 4)} | "
             f"{number(o.cosine_min, 4)} | "
             f"{_size(o)} | {o.seconds:.0f} | {o.cached_passes} | "
             f"{'yes' if o.id in front else ''} |"
@@ -135,6 +143,14 @@ def values_text(o: Outcome) -> str:
 
 def number(value: float | None, digits: int, unit: str = "") -> str:
     return "–" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _final(o: Outcome) -> str:
+    """The final round's median, and its ratio to the original model timed beside it."""
+    if o.final_ms is None:
+        return "–"
+    speed = f" ({o.final_speedup:.2f}× eager)" if o.final_speedup else ""
+    return f"{o.final_ms:.2f}{speed}"
 
 
 def _size(o: Outcome) -> str:

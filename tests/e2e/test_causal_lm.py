@@ -15,10 +15,10 @@ import shutil
 import onnx
 import pytest
 
-from fxopt.cli.outputs import load_output
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
 from fxopt.plugins.huggingface.generation import Generator
+from fxopt.run.output_dir import load_output
 from fxopt.testing.language_models import FAMILIES, save_causal_lm, tokenizer
 from fxopt.testing.language_models import RECIPE as TINY
 from tests.cli import assert_clean_failure, run_cli

@@ -178,7 +178,7 @@ FRESH_LOAD = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from fxopt.cli.outputs import load_output
+from fxopt.run.output_dir import load_output
 from fxopt.engine.console import Output
 from fxopt.engine.plugin_host import load_plugins
 
@@ -194,9 +194,9 @@ print(json.dumps({"int4pack": ops.count("fxopt.matmul_int4pack.default"),
 @needs_kernel
 def test_a_tiny_llama_runs_int4_on_the_torch_backend(tmp_path, monkeypatch):
     from fxopt.cli import main
-    from fxopt.cli.outputs import load_output
     from fxopt.engine.console import Output
     from fxopt.engine.plugin_host import load_plugins
+    from fxopt.run.output_dir import load_output
     from fxopt.testing.language_models import save_causal_lm
 
     model = save_causal_lm(tmp_path / "model", "llama")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fxopt.search.evaluate import DROPPED, OVER_BUDGET, PASSED, Outcome
+from fxopt.search.finalists import pick
 from fxopt.search.frontier import closest, frontier, winner
 from fxopt.search.results import SearchState, load_state, markdown, svg
 
@@ -88,3 +89,37 @@ def test_the_state_round_trips_and_renders(tmp_path):
     picture = svg(again, 0.95)
     assert picture.count("<circle") == 5  # four timed candidates and the winner's ring
     assert 'stroke-dasharray="4 3"' in picture  # the budget's cosine
+
+
+def test_the_final_round_times_rank_the_finalists_only():
+    """c06 timed fastest in its own run, but side by side c01 is 10% faster; c03, never a
+    finalist, does not enter a ranking its own timing cannot be compared with."""
+    found = [
+        outcome("c01", PASSED, 35.27, 0.9364, 1),
+        outcome("c06", PASSED, 34.61, 0.9346, 1),
+        outcome("c03", PASSED, 36.0, 0.9390, 0),
+    ]
+    found[0].final_ms, found[1].final_ms = 30.0, 33.0
+    assert winner(found, "latency").id == "c01"
+    # within the tie, the better cosine among the finalists
+    found[1].final_ms = 30.5
+    assert winner(found, "latency", latency_tie=0.05).id == "c01"
+    found[1].cosine_mean = 0.95
+    assert winner(found, "latency", latency_tie=0.05).id == "c06"
+    # the smallest artifact is the smallest, final round or not
+    assert winner(found, "size").id == "c03"
+
+
+def test_finalists_are_the_qualifying_candidates_near_the_fastest():
+    found = [
+        outcome("slow", PASSED, 13.0, 0.99, 1),
+        outcome("a", PASSED, 10.0, 0.99, 1),
+        outcome("b", PASSED, 12.4, 0.99, 1),
+        outcome("over", OVER_BUDGET, 5.0, 0.5, 1),
+        outcome("c", PASSED, 11.0, 0.99, 1),
+        outcome("untimed", PASSED, None, 0.99, 1),
+    ]
+    assert [o.id for o in pick(found, 4, 0.25)] == ["a", "c", "b"]
+    assert [o.id for o in pick(found, 2, 0.25)] == ["a", "c"]
+    assert [o.id for o in pick(found, 4, 0.0)] == ["a"]
+    assert pick([found[3]], 4, 0.25) == []
