@@ -168,14 +168,22 @@ def _final_round(
     state: SearchState, recipe: Recipe, out: Path, host: PluginHost, output: Output
 ) -> None:
     """Re-time the fastest qualifying candidates side by side (``finalists``); a round that
-    cannot run leaves the ranking on each candidate's own timing, and says so."""
+    cannot run leaves the ranking on each candidate's own timing, and says so. The round only
+    re-ranks what the candidates measured, so no failure of it (a backend refusing the
+    synthetic batch included) may cost the user a finished search; an interrupt still ends it."""
     try:
         state.final = finalists.final_round(state.outcomes, recipe, out, host, output)
-    except FxoptError as exc:
+    except Exception as exc:
         state.final = None
+        for o in state.outcomes:
+            o.final_ms = o.final_reference_ms = None
+        why = (
+            exc.render().splitlines()[0]
+            if isinstance(exc, FxoptError)
+            else f"{type(exc).__name__}: {exc}"
+        )
         output.warn(
-            "final round skipped, the winner is ranked on each candidate's own timing: "
-            + exc.render().splitlines()[0]
+            f"final round skipped, the winner is ranked on each candidate's own timing: {why}"
         )
         return
     for o in state.outcomes:
