@@ -36,7 +36,13 @@ class LoadedOutput:
 
 def load_output(out_dir: Path, host: PluginHost, output: Output) -> LoadedOutput:
     """The output's report, and its artifact loaded by the backend that wrote it."""
-    report = read_report(out_dir)
+    return load_artifact(out_dir, read_report(out_dir), host, output)
+
+
+def load_artifact(
+    out_dir: Path, report: RunReport, host: PluginHost, output: Output
+) -> LoadedOutput:
+    """The artifact of an output whose report is already read, loaded by its backend."""
     backend_class = host.backends.get(report.target.backend)
     artifact = Artifact.from_json(report.artifacts.model_dump(exclude_defaults=True))
     backend = backend_class(backend_class.Options.model_validate(report.target.options))

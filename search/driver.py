@@ -174,9 +174,7 @@ def _final_round(
     try:
         state.final = finalists.final_round(state.outcomes, recipe, out, host, output)
     except Exception as exc:
-        state.final = None
-        for o in state.outcomes:
-            o.final_ms = o.final_reference_ms = None
+        state.final = None  # final_round cleared every final_ms first and set none
         why = (
             exc.render().splitlines()[0]
             if isinstance(exc, FxoptError)

@@ -25,7 +25,7 @@ from fxopt.engine.errors import FxoptError
 from fxopt.engine.plugin_host import PluginHost
 from fxopt.run.output_dir import (
     LoadedOutput,
-    load_output,
+    load_artifact,
     load_source,
     read_report,
     synthetic_feeds,
@@ -108,7 +108,8 @@ def _load(
     for o in picks:
         directory = out / "candidates" / o.id
         try:
-            model = read_report(directory).model
+            report = read_report(directory)
+            model = report.model
             need = model.bytes_after + (model.bytes_before if not loaded else 0)
             if room is not None and used + need > room // 2 and len(loaded) >= 2:
                 output.warn(
@@ -116,7 +117,7 @@ def _load(
                     "fit in half of this machine's memory beside the others"
                 )
                 break
-            loaded[o.id] = load_output(directory, host, output)
+            loaded[o.id] = load_artifact(directory, report, host, output)
         except FxoptError as exc:
             output.warn(f"final round: {o.id} left out: {exc.render().splitlines()[0]}")
             continue
